@@ -1,0 +1,270 @@
+"""Configuration: one dataclass per stage, commented defaults, YAML and KEY=VALUE overrides.
+
+The dataclass defaults are the paper's setup (``configs/ilsvrc2014.yaml`` restates them);
+YAML files only override. Unknown keys and wrong types are errors naming the dotted key.
+This module is the only place that reads configuration: components take plain keyword
+arguments, and builders turn a stage's dataclass into them with ``dataclasses.asdict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "demo"  # configs/demo.yaml: the embedded demo, used when no --config is given
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config file or override; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # dataset root in the ILSVRC DET layout (Data/, Annotations/, ImageSets/); "" = embedded demo
+    format: str = "ilsvrc"  # ilsvrc | coco | voc
+    train_split: str = "train"  # ImageSets/DET/<train_split>.txt
+    val_split: str = "val"  # split scored by `python -m eval.map` and validation during training
+    classes: str = ""  # map_det.txt / det_classes.tsv; "" = <root>/devkit/data/map_det.txt if present, else the 200 ILSVRC classes
+    blacklist: str = (
+        ""  # "<image_index> <wnid>" lines; "" = none (the 2014 val blacklist ships as "ilsvrc2014")
+    )
+    coco_annotations: str = ""  # instances JSON for format=coco
+    max_pixels: int = 50_000_000  # images above this many pixels are refused (decompression bombs)
+    demo_dir: str = ""  # where the demo dataset is generated; "" = ~/.cache/inception-rcnn/demo
+
+
+@dataclass
+class SelectiveSearchConfig:
+    enabled: bool = True
+    resize_width: int = 500  # R-CNN's ILSVRC protocol: images are resized to this width first
+    ks: list[int] = field(
+        default_factory=lambda: [100, 200]
+    )  # Felzenszwalb k (R-CNN fast: [50, 100]); doubled superpixels
+    min_size_factor: float = 1.0  # Felzenszwalb min_size = factor * k (R-CNN: min_size = k)
+    sigma: float = 0.8  # Felzenszwalb Gaussian smoothing
+    color_spaces: list[str] = field(default_factory=lambda: ["hsv", "lab"])  # hsv | lab | rgb | ...
+    strategies: list[str] = field(
+        default_factory=lambda: ["color+texture+size+fill", "texture+size+fill"]
+    )
+    min_side: int = 20  # boxes with a side below this (in resized pixels) are dropped
+    workers: int = 0  # process-pool size; 0 = all cores
+    cache_dir: str = (
+        ""  # on-disk proposal cache; "" = ~/.cache/inception-rcnn/proposals, "none" = off
+    )
+
+
+@dataclass
+class MultiBoxConfig:
+    enabled: bool = True
+    checkpoint: str = ""  # trained MultiBox network (safetensors); required when enabled
+    num_priors: int = 800  # K boxes predicted per image
+    top_k: int = 200  # boxes kept after NMS (the paper adds back 200)
+    nms_iou: float = 0.7  # class-agnostic NMS threshold
+    input_size: int = 224  # whole image resized to this square
+    alpha: float = 0.3  # weight of the location term in the matching cost and loss
+    # training
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    pretrained_backbone: bool = True  # start from torchvision ImageNet weights when cached
+    output_dir: str = "runs/multibox"
+
+
+@dataclass
+class ProposalsConfig:
+    selective_search: SelectiveSearchConfig = field(default_factory=SelectiveSearchConfig)
+    multibox: MultiBoxConfig = field(default_factory=MultiBoxConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "googlenet"  # torchvision.models.googlenet with a (classes + 1)-way head
+    members: int = 6  # ensemble size; softmax probabilities are averaged
+    input_size: int = 224  # S: crops are warped to S x S
+    context_pad: int = 16  # p: boxes are enlarged by S / (S - 2p) about their centre
+    checkpoints: list[str] = field(default_factory=list)  # one per member (safetensors or .pt)
+    checkpoint_dir: str = ""  # alternative: member_*.safetensors found here
+    pretrained: bool = True  # start training from GoogLeNet_Weights.IMAGENET1K_V1 when cached
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # RGB, [0, 1] scale
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class InferenceConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 where the CPU/GPU supports it) | fp32 | bf16 | int8
+    compile: bool = False  # torch.compile the members (one fixed chunk shape)
+    chunk_size: int = 128  # crops scored per forward pass (bounds memory)
+    nms_iou: float = 0.3  # per-class greedy NMS (R-CNN)
+    score_threshold: float = 0.01  # detections below this are dropped
+    max_per_class: int = 100  # per image (R-CNN on ILSVRC)
+    max_detections: int = 0  # per image over all classes; 0 = no limit
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128  # regions per mini-batch
+    fg_fraction: float = 0.25  # 32 positives per 128
+    fg_iou: float = 0.5  # positive: IoU >= fg_iou with a ground truth of that class
+    bg_iou: float = 0.5  # background: max IoU < bg_iou
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_step: int = 0  # epochs between 10x decays; 0 = constant
+    flip: bool = True  # horizontal flips
+    seed: int = 0  # member i uses seed + i (different sampling and order)
+    workers: int = 0  # data-loading processes
+    output_dir: str = "runs/detector"
+    val_every: int = 1  # epochs between validation mAP; 0 = never
+    max_images: int = 0  # use at most this many training images; 0 = all
+
+
+@dataclass
+class EvalConfig:
+    iou: float = 0.5  # Jaccard overlap for a hit (capped by the devkit's small-object rule)
+    max_per_class_total: int = 30_000  # submission cap per class over the whole set (R-CNN)
+    output_dir: str = "runs/eval"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    proposals: ProposalsConfig = field(default_factory=ProposalsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str = ""  # the YAML file this config was read from ("" = defaults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of the settings (not the source path), stored in checkpoint metadata."""
+        d = self.to_dict()
+        d.pop("source", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path, or a bare name of a file in ``configs/`` (``demo`` -> configs/demo.yaml)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(f"config file not found: {name}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (default ``configs/demo.yaml``), then ``KEY=VALUE`` overrides."""
+    cfg = Config()
+    src = resolve_config_path(path if path else DEFAULT_CONFIG)
+    try:
+        data = yaml.safe_load(src.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{src}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: top level must be a mapping")
+    _merge(cfg, data, prefix="")
+    cfg.source = str(src)
+    for item in overrides or []:
+        apply_override(cfg, item)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply ``a.b.c=VALUE`` (VALUE parsed as YAML: ``ks=[50,100]``, ``enabled=false``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    _merge(cfg, nested, prefix="")
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names or key == "source":
+            raise ConfigError(f"unknown config key {dotted!r}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} must be a mapping")
+            _merge(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the field's type; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {key!r}: {value!r} is not {hint}")
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config key {key!r} must be null, got {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and value is None:
+        return ""
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key {key!r} must be {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint):
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(
+            f"config key {key!r} must be {name}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def add_config_args(parser: Any) -> None:
+    """The ``--config FILE`` and ``KEY=VALUE`` arguments every CLI shares."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"YAML file or name in configs/ (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. inference.nms_iou=0.4 model.members=2",
+    )

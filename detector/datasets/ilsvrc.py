@@ -1,0 +1,182 @@
+"""ILSVRC DET on disk: ``Data/DET/<split>/<name>.JPEG``, ``Annotations/DET/<split>/<name>.xml``,
+``ImageSets/DET/<split>.txt`` (``<name> <index>``), classes from ``map_det.txt``.
+
+XML is parsed with defusedxml (no entity expansion, no external entities) and read by tag
+name: the devkit writes ``<bndbox>`` children in the order xmin, xmax, ymin, ymax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from defusedxml import ElementTree
+
+from detector.datasets.classes import default_classes, load_classes
+from detector.structures import ClassList, ImageRecord, from_inclusive
+
+IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG")
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; the message names the file and the field."""
+
+
+def parse_annotation(
+    path: str | Path, classes: ClassList
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Read one ILSVRC/VOC-style XML file.
+
+    Returns:
+        width, height, boxes (float32[N, 4], internal xyxy), labels (int64[N], 1..K).
+    Raises:
+        AnnotationError naming the file and the missing or bad field.
+    """
+    path = Path(path)
+    try:
+        root = ElementTree.parse(str(path)).getroot()
+    except Exception as e:  # ParseError, DefusedXmlException, OSError
+        raise AnnotationError(
+            f"{path}: not a readable XML annotation ({type(e).__name__}: {e})"
+        ) from None
+    width = _int_field(root, "size/width", path, default=0)
+    height = _int_field(root, "size/height", path, default=0)
+    boxes, labels = [], []
+    for i, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise AnnotationError(f"{path}: object {i}: missing <name>")
+        try:
+            labels.append(classes.id_of(name))
+        except KeyError:
+            raise AnnotationError(f"{path}: object {i}: unknown class {name!r}") from None
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise AnnotationError(f"{path}: object {i}: missing <bndbox>")
+        coords = [
+            _float_field(bb, tag, path, f"object {i}") for tag in ("xmin", "ymin", "xmax", "ymax")
+        ]
+        if coords[2] < coords[0] or coords[3] < coords[1]:
+            raise AnnotationError(f"{path}: object {i}: <bndbox> has xmax < xmin or ymax < ymin")
+        boxes.append(coords)
+    return (
+        width,
+        height,
+        from_inclusive(np.array(boxes, dtype=np.float64)),
+        np.array(labels, dtype=np.int64),
+    )
+
+
+def _int_field(node, tag: str, path: Path, default: int) -> int:
+    text = node.findtext(tag)
+    if text is None:
+        return default
+    try:
+        return int(float(text.strip()))
+    except ValueError:
+        raise AnnotationError(f"{path}: <{tag}> is not a number: {text!r}") from None
+
+
+def _float_field(node, tag: str, path: Path, where: str) -> float:
+    text = node.findtext(tag)
+    if text is None:
+        raise AnnotationError(f"{path}: {where}: missing <bndbox>/<{tag}>")
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise AnnotationError(f"{path}: {where}: <{tag}> is not a number: {text!r}") from None
+
+
+def read_image_set(path: str | Path) -> list[tuple[str, int]]:
+    """``ImageSets/DET/<split>.txt``: ``<name> <index>`` per line (index optional: line number)."""
+    path = Path(path)
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
+            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
+        out.append((parts[0], int(parts[1]) if len(parts) == 2 else len(out) + 1))
+    return out
+
+
+def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]:
+    """Devkit blacklist: ``<image_index> <wnid>`` (or ``<image_index> <class_id>``) per line.
+
+    Returns the set of blacklisted ``(image_index, class_id)`` pairs.
+    """
+    path = Path(path)
+    out = set()
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"{path}:{lineno}: expected '<image_index> <wnid>', got {line!r}")
+        try:
+            class_id = int(parts[1]) if parts[1].isdigit() else classes.id_of(parts[1])
+        except KeyError:
+            raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}") from None
+        out.add((int(parts[0]), class_id))
+    return out
+
+
+@dataclass
+class IlsvrcDet:
+    """One split of an ILSVRC DET tree. Iterating yields :class:`ImageRecord` in list order.
+
+    Args:
+        root: folder holding ``Data/``, ``Annotations/``, ``ImageSets/``.
+        split: name of the list in ``ImageSets/DET/``.
+        classes: class list; default ``<root>/devkit/data/map_det.txt`` or ``<root>/map_det.txt``
+            when present, else the 200 ILSVRC classes.
+    """
+
+    root: Path
+    split: str
+    classes: ClassList | None = None
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if self.classes is None:
+            self.classes = find_classes(self.root)
+        list_path = self.root / "ImageSets" / "DET" / f"{self.split}.txt"
+        if not list_path.exists():
+            raise FileNotFoundError(f"{list_path}: split list not found")
+        self.entries = read_image_set(list_path)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        for name, index in self.entries:
+            yield self.record(name, index)
+
+    def record(self, name: str, index: int) -> ImageRecord:
+        """Annotations of one image; an image with no XML file (ILSVRC test) has no objects."""
+        xml = self.root / "Annotations" / "DET" / self.split / f"{name}.xml"
+        if xml.exists():
+            width, height, boxes, labels = parse_annotation(xml, self.classes)
+        else:
+            width, height, boxes, labels = 0, 0, None, None
+        rec = ImageRecord(name, index, self.image_path(name), width, height)
+        if boxes is not None:
+            rec.boxes, rec.labels = boxes, labels
+        return rec
+
+    def image_path(self, name: str) -> Path | None:
+        base = self.root / "Data" / "DET" / self.split / name
+        for ext in IMAGE_EXTENSIONS:
+            if (p := base.with_name(base.name + ext)).exists():
+                return p
+        return None
+
+
+def find_classes(root: Path) -> ClassList:
+    for candidate in (root / "devkit" / "data" / "map_det.txt", root / "map_det.txt"):
+        if candidate.exists():
+            return load_classes(candidate)
+    return default_classes()
