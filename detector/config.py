@@ -33,13 +33,13 @@ class DataConfig:
     format: str = "ilsvrc"  # ilsvrc | coco | voc
     train_split: str = "train"  # ImageSets/DET/<train_split>.txt
     val_split: str = "val"  # split scored by `python -m eval.map` and validation during training
-    classes: str = ""  # map_det.txt / det_classes.tsv; "" = <root>/devkit/data/map_det.txt if present, else the 200 ILSVRC classes
+    classes: str = ""  # map_det.txt / det_classes.tsv; "" = <root>/devkit/data/map_det.txt or <root>/map_det.txt if present, else the 200 ILSVRC classes
     blacklist: str = (
         ""  # "<image_index> <wnid>" lines; "" = none (the 2014 val blacklist ships as "ilsvrc2014")
     )
     coco_annotations: str = ""  # instances JSON for format=coco
     max_pixels: int = 50_000_000  # images above this many pixels are refused (decompression bombs)
-    demo_dir: str = ""  # where the demo dataset is generated; "" = ~/.cache/inception-rcnn/demo
+    demo_dir: str = ""  # where the demo dataset is generated; "" = <cache>/demo/v<version> (detector.paths.cache_root)
 
 
 @dataclass
@@ -79,6 +79,12 @@ class MultiBoxConfig:
     weight_decay: float = 1e-4
     pretrained_backbone: bool = True  # start from torchvision ImageNet weights when cached
     output_dir: str = "runs/multibox"
+    # added for proposals/multibox_train.py
+    flip: bool = True  # horizontal flip augmentation
+    seed: int = 0  # k-means priors, initialisation and sampling order
+    workers: int = 0  # data-loading processes
+    log_every: int = 20  # optimizer steps between JSON log lines
+    bn_batches: int = 20  # batches re-run before each checkpoint to recompute BatchNorm statistics (precise BN); 0 = off
 
 
 @dataclass
@@ -130,6 +136,9 @@ class TrainConfig:
     output_dir: str = "runs/detector"
     val_every: int = 1  # epochs between validation mAP; 0 = never
     max_images: int = 0  # use at most this many training images; 0 = all
+    # added by detector.train:
+    precision: str = "bf16"  # fp32 | bf16 (autocast; ~2x faster on CPUs with AMX/AVX-512 bf16) | auto
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: each rank takes cuda:LOCAL_RANK)
 
 
 @dataclass

@@ -1,0 +1,385 @@
+"""Speed and memory of the pipeline, measured side by side in one run.
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 \\
+        python -m benchmarks.run --output runs/bench/bench.json
+    python -m benchmarks.run --quick          # small sizes: checks the benchmark itself works
+
+Sections (each prints a table; all figures go to the JSON file):
+1. scoring: crops/s of one GoogLeNet (201 outputs, S = 224) on warped crops of real photos,
+   plain eager fp32 torchvision (NCHW) beside our paths (fp32 channels_last, bf16, compiled
+   bf16, int8), with the ratio to the eager baseline; then the six-member ensemble.
+2. selective search: seconds per image, one process and the pool with all cores.
+3. end to end: the paper configuration (doubled selective search + 200 MultiBox boxes,
+   six members at 224, 16 px context) on real photographs, seconds per image by stage,
+   serial and pipelined (proposals of the next images computed while one is scored).
+4. memory: peak resident memory when scoring few and many proposals (separate processes).
+5. accuracy of the fast paths against fp32, on the trained demo models when they are built
+   (``python -m detector.demo --build-only``): max probability difference, top-1 agreement
+   over crops, and agreement of the final detections.
+
+Weights in sections 1-4 are random (speed does not depend on them). The 2 cores of a dev
+machine are often shared: compare the ratios of one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.classifier import build_googlenet
+from detector.ensemble import Ensemble, cpu_supports_bf16
+from detector.warp import warp_regions
+from proposals.selective_search import DOUBLED, selective_search
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+NUM_OUTPUTS = 201  # 200 ILSVRC classes + background
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
+    from skimage import data
+
+    return [np.ascontiguousarray(getattr(data, n)()[..., :3]) for n in names]
+
+
+def real_crops(photos: list[np.ndarray], n: int, size: int) -> torch.Tensor:
+    """n warped crops (float32[n, 3, S, S]) of selective-search boxes on real photos."""
+    boxes_per = [selective_search(p, **DOUBLED) for p in photos]
+    crops = []
+    for photo, boxes in zip(photos, boxes_per, strict=True):
+        crops.append(warp_regions(photo, boxes[: n // len(photos) + 1], size=size))
+    return torch.cat(crops)[:n].contiguous(memory_format=torch.channels_last)
+
+
+def random_member(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_googlenet(NUM_OUTPUTS)
+
+
+def rate(fn: Callable[[], object], n: int, repeats: int) -> float:
+    """Items per second of ``fn`` (which processes n items), best of ``repeats`` after a warm-up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
+# ---- 1. scoring ------------------------------------------------------------------------------
+
+
+def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
+    n = len(crops)
+    member = random_member(0)
+    baseline = random_member(0).eval()  # plain torchvision module, NCHW, fp32, eager
+    nchw = crops.contiguous()
+
+    def eager() -> object:
+        with torch.inference_mode():
+            return [baseline(nchw[i : i + args.chunk]) for i in range(0, n, args.chunk)]
+
+    rows = {"eager fp32 NCHW (torchvision)": rate(eager, n, args.repeats)}
+    settings = [("fp32 channels_last", "fp32", False), ("bf16 channels_last", "bf16", False)]
+    if args.compile:
+        settings.append(("compiled bf16 channels_last", "bf16", True))
+    if args.int8:
+        settings.append(("int8 FX x86 channels_last", "int8", False))
+    for name, precision, compiled in settings:
+        if precision == "bf16" and not cpu_supports_bf16():
+            continue
+        ens = Ensemble([member], precision=precision, chunk_size=args.chunk, compile=compiled, input_size=crops.shape[-1])
+        t0 = time.perf_counter()
+        if precision == "int8":
+            ens.calibrate(crops)
+        ens.score(crops[: args.chunk])  # compiles here when asked
+        setup = time.perf_counter() - t0
+        rows[name] = rate(lambda e=ens: e.score(crops), n, args.repeats)
+        if setup > 1.0:
+            rows[name + " (setup s)"] = setup
+    base = rows["eager fp32 NCHW (torchvision)"]
+    per_model = {k: {"crops_per_s": v, "ratio": v / base} for k, v in rows.items() if "setup" not in k}
+    setup = {k.replace(" (setup s)", ""): v for k, v in rows.items() if "setup" in k}
+    ensemble = bench_ensemble(crops, args)
+    ensemble["ratio_vs_eager_fp32_per_model"] = ensemble["crops_per_s"] * args.members / base
+    return {"per_model": per_model, "setup_seconds": setup, "ensemble": ensemble, "crops": n}
+
+
+def bench_ensemble(crops: torch.Tensor, args: argparse.Namespace) -> dict:
+    """The default path (precision auto, compile as --compile) with ``--members`` members."""
+    members = [random_member(i) for i in range(args.members)]
+    ens = Ensemble(members, precision="auto", chunk_size=args.chunk, compile=args.compile, input_size=crops.shape[-1])
+    ens.score(crops[: args.chunk])
+    r = rate(lambda: ens.score(crops), len(crops), max(1, args.repeats - 1))
+    return {"members": args.members, "precision": ens.precision, "compiled": ens.compile, "crops_per_s": r}
+
+
+def print_scoring(res: dict) -> None:
+    print(f"\n== region scoring: one GoogLeNet, {res['crops']} crops of real photos ==")
+    print(f"{'path':<34}{'crops/s':>10}{'x eager fp32':>14}")
+    for name, row in res["per_model"].items():
+        print(f"{name:<34}{row['crops_per_s']:>10.1f}{row['ratio']:>14.2f}")
+    for name, s in res["setup_seconds"].items():
+        print(f"  setup of {name}: {s:.1f} s (once per process)")
+    e = res["ensemble"]
+    print(
+        f"ensemble of {e['members']} ({e['precision']}, compiled={e['compiled']}): {e['crops_per_s']:.1f} crops/s "
+        f"= {e['crops_per_s'] * e['members']:.1f} member-crops/s, "
+        f"{e['ratio_vs_eager_fp32_per_model']:.2f}x eager fp32 per member"
+    )
+
+
+# ---- 2. selective search ---------------------------------------------------------------------
+
+
+def bench_selective_search(photos: list[np.ndarray]) -> dict:
+    from proposals.pool import SelectiveSearchPool, available_cores
+
+    t0 = time.perf_counter()
+    counts = [len(selective_search(p, **DOUBLED)) for p in photos]
+    serial = (time.perf_counter() - t0) / len(photos)
+    with SelectiveSearchPool(workers=0, **DOUBLED) as pool:
+        list(pool.map(photos[:1]))  # start the workers
+        t0 = time.perf_counter()
+        list(pool.map(photos))
+        pooled = (time.perf_counter() - t0) / len(photos)
+    res = {"boxes_per_image": float(np.mean(counts)), "serial_s_per_image": serial}
+    res |= {"pool_s_per_image": pooled, "pool_workers": available_cores()}
+    print("\n== selective search (doubled superpixels, width 500) ==")
+    print(f"boxes/image {res['boxes_per_image']:.0f}; one process {serial:.2f} s/image; "
+          f"pool of {res['pool_workers']} {pooled:.2f} s/image")  # fmt: skip
+    return res
+
+
+# ---- 3. end to end ---------------------------------------------------------------------------
+
+
+def paper_detector(args: argparse.Namespace):
+    """The paper configuration with random weights: 6 members, 224, MultiBox K=800 top 200."""
+    from detector.datasets import default_classes
+    from detector.detector import Detector
+    from proposals.generator import ProposalGenerator
+    from proposals.multibox import MultiBox, MultiBoxNet
+
+    torch.manual_seed(0)
+    priors = torch.rand(800, 2) * 0.5
+    priors = torch.cat([priors, priors + 0.3 + torch.rand(800, 2) * 0.2], dim=1)
+    multibox = MultiBox(MultiBoxNet(800, priors), input_size=args.size)
+    proposer = ProposalGenerator(dict(DOUBLED), multibox, cache=None, workers=args.workers)
+    members = [random_member(i) for i in range(args.members)]
+    ensemble = Ensemble(members, precision="auto", chunk_size=args.chunk, compile=args.compile, input_size=args.size)
+    return Detector(proposer, ensemble, default_classes(), input_size=args.size)
+
+
+def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict:
+    det = paper_detector(args)
+    det(photos[0][:64, :64])  # warm-up (compiles when asked)
+    stages: dict[str, list[float]] = {}
+    props = []
+    t0 = time.perf_counter()
+    for p in photos:
+        d = det(p)
+        props.append(d.num_proposals)
+        for k, v in d.timings.items():
+            stages.setdefault(k, []).append(v)
+    serial = (time.perf_counter() - t0) / len(photos)
+    t0 = time.perf_counter()
+    results = list(det.detect_many(photos, workers=args.workers))
+    pipelined = (time.perf_counter() - t0) / len(photos)
+    assert not any(isinstance(r, Exception) for _, r in results)
+    mean = {k: float(np.mean(v)) for k, v in stages.items()}
+    res = {"proposals_per_image": float(np.mean(props)), "stages_s": mean}
+    res |= {"serial_s_per_image": serial, "pipelined_s_per_image": pipelined}
+    res["bound_s_per_image"] = max(mean.get("propose", 0.0), mean.get("score", 0.0))
+    print(f"\n== end to end, paper configuration ({args.members} members, S={args.size}) on {len(photos)} photos ==")
+    print(f"proposals/image {res['proposals_per_image']:.0f}; " + ", ".join(f"{k} {v:.2f} s" for k, v in mean.items()))
+    print(f"serial {serial:.2f} s/image; pipelined {pipelined:.2f} s/image; "
+          f"max(propose, score) = {res['bound_s_per_image']:.2f} s")  # fmt: skip
+    return res
+
+
+# ---- 4. memory -------------------------------------------------------------------------------
+
+
+def _memory_child(n_boxes: int, members: int, size: int, chunk: int, queue) -> None:
+    photo = load_photos(("astronaut",))[0]
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 400, size=(n_boxes, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 110, size=(n_boxes, 2))], axis=1).astype(np.float32)
+    ens = Ensemble([random_member(i) for i in range(members)], chunk_size=chunk, input_size=size)
+    before = peak_rss_mb()
+    ens.score_image(photo, boxes)
+    queue.put((before, peak_rss_mb()))
+
+
+def bench_memory(args: argparse.Namespace) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    res = {}
+    for n in args.memory_boxes:
+        q = ctx.Queue()
+        p = ctx.Process(target=_memory_child, args=(n, args.members, args.size, args.chunk, q))
+        p.start()
+        before, peak = q.get()
+        p.join()
+        res[str(n)] = {"after_load_mb": before, "peak_mb": peak}
+    print(f"\n== peak resident memory, {args.members} members, chunk {args.chunk} (fresh process each) ==")
+    for n, r in res.items():
+        print(f"{n:>6} proposals: {r['peak_mb']:.0f} MB peak ({r['after_load_mb']:.0f} MB after loading)")
+    return res
+
+
+# ---- 5. accuracy of the fast paths -----------------------------------------------------------
+
+
+def bench_accuracy(args: argparse.Namespace) -> dict:
+    from detector.config import load_config
+    from detector.demo import models_are_built
+
+    cfg = load_config("demo")
+    if not models_are_built(cfg):
+        print("\n== accuracy: skipped (demo models not built: python -m detector.demo --build-only) ==")
+        return {"skipped": "demo models not built"}
+    from detector.datasets.demo import ensure_demo_dataset
+    from detector.detector import Detector
+    from detector.io import load_image
+
+    root = ensure_demo_dataset(cfg)
+    paths = sorted((root / "Data" / "DET" / "val").glob("*.JPEG"))[: args.accuracy_images]
+    out = {}
+    cfg.inference.precision = "fp32"
+    det = Detector.from_config(cfg)
+    images = [load_image(p) for p in paths]
+    proposals = [det.propose(im) for im in images]
+    ref_probs = [det.score(im, p.boxes) for im, p in zip(images, proposals, strict=True)]
+    ref_dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, ref_probs, strict=True)]
+    for precision in ("bf16", "int8"):
+        if precision == "bf16" and not cpu_supports_bf16():
+            continue
+        ens = Ensemble(det.ensemble.members, precision=precision, chunk_size=args.chunk, input_size=det.input_size,
+                       context_pad=det.context_pad, mean=det.mean, std=det.std)  # fmt: skip
+        if precision == "int8":
+            crops = torch.cat([warp_regions(im, p.boxes[:64], size=det.input_size, context_pad=det.context_pad,
+                                            mean=det.mean, std=det.std) for im, p in zip(images, proposals)])  # fmt: skip
+            ens.calibrate(crops)
+        probs = [ens.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]
+        dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, probs, strict=True)]
+        out[precision] = compare(ref_probs, probs, ref_dets, dets)
+    print(f"\n== accuracy against fp32: trained demo models, {len(paths)} demo val images ==")
+    for k, v in out.items():
+        print(f"{k}: max |p - p_fp32| {v['max_prob_diff']:.4f}; top-1 agreement {v['top1_agreement']:.3f}; "
+              f"detections matched {v['detection_agreement']:.3f} (score >= 0.1, same class, IoU >= 0.5)")  # fmt: skip
+    return out
+
+
+def compare(ref_probs, probs, ref_dets, dets) -> dict:
+    from eval.recall import box_iou
+
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_probs, probs, strict=True) if len(a))
+    top1 = np.mean(np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(ref_probs, probs, strict=True)]))
+    matched = total = 0
+    for r, d in zip(ref_dets, dets, strict=True):
+        keep_r, keep_d = r.scores >= 0.1, d.scores >= 0.1
+        total += int(keep_r.sum())
+        if keep_r.any() and keep_d.any():
+            iou = box_iou(r.boxes[keep_r], d.boxes[keep_d])
+            same = r.labels[keep_r][:, None] == d.labels[keep_d][None, :]
+            matched += int(((iou >= 0.5) & same).any(axis=1).sum())
+    return {"max_prob_diff": diff, "top1_agreement": float(top1), "detection_agreement": matched / max(total, 1)}
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Speed and memory of the pipeline, side by side in one run.")
+    p.add_argument("--output", default="runs/bench/bench.json", help="JSON file for all figures")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs")
+    p.add_argument("--sections", default="scoring,selective_search,end_to_end,memory,accuracy",
+                   help="comma-separated sections to run")  # fmt: skip
+    p.add_argument("--crops", type=int, default=256, help="crops scored per measurement")
+    p.add_argument("--chunk", type=int, default=64, help="crops per forward pass")
+    p.add_argument("--members", type=int, default=6, help="ensemble members")
+    p.add_argument("--size", type=int, default=224, help="input size S")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats (best is kept)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="include torch.compile (inductor) paths")  # fmt: skip
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="include the int8 path")
+    p.add_argument("--photos", type=int, default=len(PHOTOS), help="photos for the end-to-end section")
+    p.add_argument("--workers", type=int, default=0, help="proposal workers (0 = all cores)")
+    p.add_argument("--memory-boxes", type=int, nargs="+", default=[256, 2048], help="proposal counts for memory")
+    p.add_argument("--accuracy-images", type=int, default=8, help="demo val images for the accuracy section")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    return p
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    args.crops, args.chunk, args.members, args.size, args.repeats = 16, 8, 2, 64, 1
+    args.compile, args.photos, args.memory_boxes, args.accuracy_images = False, 1, [16, 64], 2
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "bf16": cpu_supports_bf16(),
+        "cuda": torch.cuda.is_available(),
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.quick:
+        apply_quick(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = environment()
+    print(f"torch {env['torch']}, {env['cpu_threads']} threads, bf16 {env['bf16']}, "
+          f"GLIBC_TUNABLES={env['GLIBC_TUNABLES'] or '(unset: glibc may mmap/munmap every activation)'}")  # fmt: skip
+    sections = set(args.sections.split(","))
+    photos = load_photos(PHOTOS[: max(args.photos, 1)])
+    if args.quick:
+        photos = [p[::4, ::4].copy() for p in photos]
+    report: dict = {"environment": env, "settings": vars(args)}
+    if "scoring" in sections:
+        report["scoring"] = bench_scoring(real_crops(photos, args.crops, args.size), args)
+        print_scoring(report["scoring"])
+    if "selective_search" in sections:
+        report["selective_search"] = bench_selective_search(photos)
+    if "end_to_end" in sections:
+        report["end_to_end"] = bench_end_to_end(photos, args)
+    if "memory" in sections:
+        report["memory"] = bench_memory(args)
+    if "accuracy" in sections and not args.quick:
+        report["accuracy"] = bench_accuracy(args)
+    report["peak_rss_mb"] = peak_rss_mb()
+    print(f"\npeak resident memory of this process: {report['peak_rss_mb']:.0f} MB")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=float))
+    tmp.replace(out)
+    print(f"figures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

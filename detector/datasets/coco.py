@@ -1,0 +1,123 @@
+"""COCO instances JSON (read with pycocotools), yielding :class:`ImageRecord`.
+
+Class ids are remapped to 1..K in ascending COCO category id (80 classes for COCO 2017), or
+to the ids of a given :class:`ClassList` matched by category name. COCO's ``[x, y, w, h]``
+is continuous pixels, so the internal box is ``(x, y, x + w, y + h)``. Crowd annotations
+(``iscrowd = 1``) are skipped. Images come in ascending image id; ``ImageRecord.index`` is
+the 1-based position in that order, ``image_id`` the file name without its extension.
+
+    ds = CocoDataset("annotations/instances_val2017.json", "val2017")
+    print(len(ds), ds.classes.names[:3])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from detector.datasets.ilsvrc import AnnotationError
+from detector.structures import ClassList, ImageRecord
+
+
+class CocoDataset:
+    """One COCO annotation file. Iterating yields :class:`ImageRecord` in image-id order.
+
+    Args:
+        annotation_json: the instances file.
+        image_dir: folder holding the images named by ``file_name``.
+        classes: match categories by name to these ids; default all categories, by id.
+    Raises:
+        AnnotationError naming the file (and the annotation id) for a malformed file.
+    """
+
+    def __init__(
+        self, annotation_json: str | Path, image_dir: str | Path, classes: ClassList | None = None
+    ) -> None:
+        self.path = Path(annotation_json)
+        self.image_dir = Path(image_dir)
+        self.coco = _load(self.path)
+        self.classes, self.class_of_category = self._classes(classes)
+        self.image_ids = sorted(self.coco.imgs)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        for index, coco_id in enumerate(self.image_ids, 1):
+            yield self.record(coco_id, index)
+
+    def record(self, coco_id: int, index: int) -> ImageRecord:
+        """The annotations of one COCO image id, crowd boxes left out."""
+        info = self.coco.imgs[coco_id]
+        file_name = str(info.get("file_name", coco_id))
+        boxes, labels = [], []
+        for ann in self.coco.imgToAnns.get(coco_id, []):
+            if ann.get("iscrowd", 0):
+                continue
+            boxes.append(self._box(ann))
+            labels.append(self._label(ann))
+        image = self.image_dir / file_name
+        return ImageRecord(
+            image_id=Path(file_name).stem,
+            index=index,
+            path=image if image.is_file() else None,
+            width=int(info.get("width", 0)),
+            height=int(info.get("height", 0)),
+            boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+            labels=np.array(labels, dtype=np.int64),
+        )
+
+    def _classes(self, classes: ClassList | None) -> tuple[ClassList, dict[int, int]]:
+        cats = [self.coco.cats[c] for c in sorted(self.coco.cats)]
+        names = [str(c.get("name", c["id"])) for c in cats]
+        if classes is None:
+            try:
+                classes = ClassList(wnids=list(names), names=list(names))
+            except ValueError as e:
+                raise AnnotationError(f"{self.path}: categories: {e}") from None
+            return classes, {c["id"]: i + 1 for i, c in enumerate(cats)}
+        try:
+            return classes, {c["id"]: classes.id_of(n) for c, n in zip(cats, names, strict=True)}
+        except KeyError as e:
+            raise AnnotationError(
+                f"{self.path}: categories: {e.args[0]} not in the class list"
+            ) from None
+
+    def _box(self, ann: dict) -> list[float]:
+        bbox = ann.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise AnnotationError(
+                f"{self.path}: annotation {ann.get('id')}: bad bbox {bbox!r}"
+            ) from None
+        if not (np.isfinite([x, y, w, h]).all() and w >= 0 and h >= 0):
+            raise AnnotationError(f"{self.path}: annotation {ann.get('id')}: bad bbox {bbox!r}")
+        return [x, y, x + w, y + h]
+
+    def _label(self, ann: dict) -> int:
+        try:
+            return self.class_of_category[ann["category_id"]]
+        except KeyError:
+            raise AnnotationError(
+                f"{self.path}: annotation {ann.get('id')}: unknown category_id {ann.get('category_id')!r}"
+            ) from None
+
+
+def _load(path: Path):
+    """pycocotools ``COCO`` with its prints silenced and its failures named after the file."""
+    from pycocotools.coco import COCO
+
+    if not path.is_file():
+        raise AnnotationError(f"{path}: COCO annotation file not found")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(path))
+    except Exception as e:  # JSONDecodeError, KeyError/TypeError on a missing section
+        raise AnnotationError(
+            f"{path}: not a COCO instances file ({type(e).__name__}: {e})"
+        ) from None

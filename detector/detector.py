@@ -1,0 +1,408 @@
+"""The detector: load -> propose -> warp + score (ensemble) -> per-class NMS.
+
+    from detector import Detector
+    from detector.config import load_config
+
+    det = Detector.from_config(load_config("ilsvrc2014"))           # checkpoints from the config
+    det = Detector.from_checkpoints(["m0.safetensors", "m1.safetensors"], multibox="mb.safetensors")
+    d = det("photo.jpg")                 # or a numpy array, a PIL image, or a list of them
+    print(d.boxes, d.scores, d.class_names, d.timings)
+
+    for item, result in det.detect_many(paths, workers=2):  # proposals pipelined in threads
+        ...                                                  # result: Detections or Exception
+
+Thread safety: ``__call__`` keeps no state between calls (every intermediate is local and
+the models run in eval mode), so calls may run concurrently from several threads on one
+``Detector``; ``detect_many`` does exactly that, with a private thread pool per call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.config import Config
+from detector.io import DEFAULT_MAX_PIXELS, ImageLike, read_image
+from detector.structures import ClassList, Detections, Proposals
+
+BUILD_HINT = (
+    "build the demo models with `python -m detector.demo --build-only`, "
+    "or train members with `python -m detector.train`"
+)
+
+
+class ModelSetupError(ValueError):
+    """Checkpoints that are missing or do not fit the config; the message says what was expected."""
+
+
+class Detector:
+    """R-CNN with an ensemble of GoogLeNets (Szegedy et al. 2014, section 8).
+
+    Args:
+        proposer: callable ``image (uint8[H, W, 3]) -> Proposals`` (a ``ProposalGenerator``);
+            thread-safe (:meth:`detect_many` calls it from worker threads).
+        ensemble: object with ``score_image(image, boxes, context_pad, mean, std)``
+            returning averaged softmax probabilities ``float32[N, K + 1]`` (column 0 background).
+        classes: the K classes, in class-id order.
+        context_pad, input_size: R-CNN's warp (p = 16 pixels of context in S = 224).
+        mean, std: RGB normalisation in [0, 1] scale, as the members were trained.
+        nms_iou, score_threshold, max_per_class, max_detections: per-class NMS settings.
+        max_pixels: images above this many pixels are refused (``ImageLoadError``).
+    """
+
+    def __init__(
+        self,
+        proposer: Any,
+        ensemble: Any,
+        classes: ClassList,
+        *,
+        context_pad: int = 16,
+        input_size: int = 224,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        nms_iou: float = 0.3,
+        score_threshold: float = 0.01,
+        max_per_class: int = 100,
+        max_detections: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.proposer = proposer
+        self.ensemble = ensemble
+        self.classes = classes
+        self.context_pad = int(context_pad)
+        self.input_size = int(input_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.nms_iou = float(nms_iou)
+        self.score_threshold = float(score_threshold)
+        self.max_per_class = int(max_per_class)
+        self.max_detections = int(max_detections)
+        self.max_pixels = int(max_pixels)
+
+    # ---- building --------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: str | None = None, **overrides: Any) -> Detector:
+        """Build from a :class:`Config`: members from ``cfg.model``, proposals from
+        ``cfg.proposals``, NMS from ``cfg.inference``; ``overrides`` replace keyword arguments
+        of ``__init__`` (e.g. ``score_threshold=0.2``).
+
+        Raises:
+            ModelSetupError: missing checkpoints (saying which and how to build them), a
+                member count other than ``model.members``, or members that disagree.
+        """
+        import torch
+
+        from detector.classifier import CheckpointError, classes_from_metadata, load_members
+        from detector.ensemble import Ensemble
+        from proposals.generator import ProposalGenerator
+
+        cfg = _with_demo_defaults(cfg)
+        dev = resolve_device(device or cfg.inference.device)
+        if cfg.inference.threads > 0:
+            torch.set_num_threads(cfg.inference.threads)
+        paths = member_paths(cfg)
+        _check_multibox(cfg)
+        try:
+            members, meta = load_members(paths, dev)
+        except CheckpointError as e:
+            raise ModelSetupError(str(e)) from None
+        classes = classes_from_metadata(meta) or _config_classes(cfg, meta)
+        kwargs = _settings(cfg, meta) | overrides
+        ensemble = Ensemble(
+            members,
+            device=dev,
+            precision=cfg.inference.precision,
+            chunk_size=cfg.inference.chunk_size,
+            compile=cfg.inference.compile,
+            **{k: kwargs[k] for k in ("input_size", "context_pad", "mean", "std")},
+        )
+        return cls(ProposalGenerator.from_config(cfg, device=dev), ensemble, classes, **kwargs)
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        paths: Sequence[str | os.PathLike],
+        multibox: str | os.PathLike | None = None,
+        *,
+        config: Config | None = None,
+        device: str | None = None,
+        **overrides: Any,
+    ) -> Detector:
+        """Build from member checkpoints (and a MultiBox checkpoint; None = selective search only).
+
+        ``config`` (default: the paper's defaults) supplies everything else; ``overrides``
+        replace ``__init__`` keyword arguments.
+        """
+        import copy
+
+        cfg = copy.deepcopy(config) if config is not None else Config()
+        cfg.model.checkpoints = [str(p) for p in paths]
+        cfg.model.checkpoint_dir = ""
+        cfg.model.members = len(cfg.model.checkpoints)
+        cfg.proposals.multibox.enabled = multibox is not None
+        cfg.proposals.multibox.checkpoint = str(multibox) if multibox is not None else ""
+        return cls.from_config(cfg, device=device, **overrides)
+
+    # ---- detection -------------------------------------------------------------------------
+
+    def __call__(self, x: ImageLike | list[ImageLike]) -> Detections | list[Detections]:
+        """Detect objects in one image (path, array or PIL image) or a list of them.
+
+        Raises:
+            ImageLoadError: an image that cannot be read (for a list: the first one).
+        """
+        if isinstance(x, list):
+            return [self.detect(item) for item in x]
+        return self.detect(x)
+
+    def detect(self, x: ImageLike) -> Detections:
+        """One image: load -> propose -> warp + score -> NMS."""
+        clock = _Clock()
+        image = read_image(x, self.max_pixels)
+        clock.lap("load")
+        proposals = self.propose(image)
+        clock.lap("propose")
+        return self._classify(image, proposals, clock)
+
+    def _classify(self, image: np.ndarray, proposals: Proposals, clock: _Clock) -> Detections:
+        parts: dict[str, float] = {}
+        probs = self.score(image, proposals.boxes, parts)
+        clock.lap("score")  # warp + CNNs; the split is kept as "warp" and "cnn"
+        detections = self.nms(proposals.boxes, probs)
+        clock.lap("nms")
+        detections.num_proposals = len(proposals)
+        detections.image_size = (int(image.shape[0]), int(image.shape[1]))
+        detections.timings = {
+            **clock.laps,
+            "warp": parts.get("warp", 0.0),
+            "cnn": parts.get("score", 0.0),
+        }
+        return detections
+
+    def propose(self, image: np.ndarray) -> Proposals:
+        """Selective search + MultiBox, merged (``image``: uint8[H, W, 3])."""
+        return self.proposer(image)
+
+    def score(
+        self, image: np.ndarray, boxes: np.ndarray, timings: dict[str, float] | None = None
+    ) -> np.ndarray:
+        """Warp every box with context and average the members' softmax.
+
+        Args:
+            image (uint8[H, W, 3]); boxes (float32[N, 4]): internal xyxy.
+            timings: if given, receives the seconds spent in "warp" and in "score" (the CNNs).
+        Returns:
+            float32[N, K + 1]: class probabilities, column 0 the background.
+        """
+        if len(boxes) == 0:
+            return np.zeros((0, len(self.classes) + 1), dtype=np.float32)
+        probs = self.ensemble.score_image(
+            image,
+            boxes,
+            context_pad=self.context_pad,
+            mean=self.mean,
+            std=self.std,
+            timings=timings,
+        )
+        return np.asarray(probs, dtype=np.float32)
+
+    def nms(self, boxes: np.ndarray, probs: np.ndarray) -> Detections:
+        """Per-class greedy NMS over the class columns 1..K (background never detected)."""
+        from detector.nms import per_class_nms
+
+        kept_boxes, scores, labels = per_class_nms(
+            boxes,
+            probs,
+            nms_iou=self.nms_iou,
+            score_threshold=self.score_threshold,
+            max_per_class=self.max_per_class,
+            max_detections=self.max_detections,
+        )
+        labels = np.asarray(labels, dtype=np.int64)
+        return Detections(
+            boxes=np.asarray(kept_boxes, dtype=np.float32).reshape(-1, 4),
+            scores=np.asarray(scores, dtype=np.float32),
+            labels=labels,
+            class_names=[self.classes.name_of(int(c)) for c in labels],
+        )
+
+    def detect_many(
+        self, items: Iterable[ImageLike], workers: int = 0
+    ) -> Iterator[tuple[ImageLike, Detections | Exception]]:
+        """Detect on many images, loading and proposing the next ones in worker threads
+        while the current one is scored (pipelining).
+
+        Threads, not processes: OpenCV's selective search and torch release the GIL
+        (a Python loop kept running at full rate beside a selective-search thread), so
+        threads run it in parallel without spawning, pickling images, or bypassing the
+        proposer's cache. At most ``workers + 1`` images are decoded ahead.
+
+        Yields ``(item, Detections)`` or ``(item, Exception)`` in input order; a bad image
+        never stops the iteration. ``timings`` holds the workers' ``load`` and ``propose``
+        seconds and ``wait``, the time scoring waited for them.
+
+        Args:
+            workers: threads computing proposals; 0 = all available cores.
+        """
+        threads = workers if workers > 0 else _available_cores()
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="propose")
+        window: deque[tuple[ImageLike, Future]] = deque()
+        todo = iter(items)
+        try:
+            for item in itertools.islice(todo, threads + 1):
+                window.append((item, pool.submit(self._prepare, item)))
+            while window:
+                item, future = window.popleft()
+                for nxt in itertools.islice(todo, 1):
+                    window.append((nxt, pool.submit(self._prepare, nxt)))
+                yield item, self._finish(future)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prepare(self, x: ImageLike) -> tuple[np.ndarray, Proposals, _Clock] | Exception:
+        """Worker body: load and propose; never raises."""
+        try:
+            clock = _Clock()
+            image = read_image(x, self.max_pixels)
+            clock.lap("load")
+            proposals = self.propose(image)
+            clock.lap("propose")
+            return image, proposals, clock
+        except Exception as e:  # noqa: BLE001 - the image's result, reported by the caller
+            return e
+
+    def _finish(self, future: Future) -> Detections | Exception:
+        clock = _Clock()
+        prepared = future.result()
+        waited = clock.lap("wait")
+        if isinstance(prepared, Exception):
+            return prepared
+        image, proposals, worker_clock = prepared
+        clock.laps = {**worker_clock.laps, "wait": waited}
+        try:
+            return self._classify(image, proposals, clock)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory on one huge image
+            return e
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+class _Clock:
+    """Seconds per named stage, measured back to back."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        self.laps[name] = now - self._t
+        self._t = now
+        return self.laps[name]
+
+
+def _available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def member_paths(cfg: Config) -> list[Path]:
+    """The member checkpoints: ``model.checkpoints``, else ``member_*.safetensors`` in
+    ``model.checkpoint_dir``; exactly ``model.members`` of them, all present.
+
+    Raises:
+        ModelSetupError: what was expected, what was found, and how to build them.
+    """
+    if cfg.model.checkpoints:
+        paths = [Path(os.path.expanduser(p)) for p in cfg.model.checkpoints]
+        where = "model.checkpoints"
+    elif cfg.model.checkpoint_dir:
+        folder = Path(os.path.expanduser(cfg.model.checkpoint_dir))
+        paths = sorted(folder.glob("member_*.safetensors"))
+        where = f"{folder}/member_*.safetensors"
+    else:
+        raise ModelSetupError(
+            f"no ensemble checkpoints: set model.checkpoints or model.checkpoint_dir "
+            f"(expected {cfg.model.members} member_*.safetensors); {BUILD_HINT}"
+        )
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ModelSetupError(f"checkpoint not found: {', '.join(missing)}; {BUILD_HINT}")
+    if len(paths) != cfg.model.members:
+        raise ModelSetupError(
+            f"expected {cfg.model.members} ensemble members (model.members), found "
+            f"{len(paths)} in {where}; {BUILD_HINT} (or set model.members={len(paths)})"
+        )
+    return paths
+
+
+def _check_multibox(cfg: Config) -> None:
+    mb = cfg.proposals.multibox
+    if mb.enabled and mb.checkpoint and not Path(os.path.expanduser(mb.checkpoint)).is_file():
+        raise ModelSetupError(
+            f"MultiBox checkpoint not found: {mb.checkpoint}; {BUILD_HINT}, train one with "
+            "`python -m proposals.multibox train`, or set proposals.multibox.enabled=false"
+        )
+
+
+def _settings(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
+    """``__init__`` keyword arguments: the warp from the checkpoints (what the members were
+    trained with), falling back to ``cfg.model``; NMS from ``cfg.inference``."""
+    inf = cfg.inference
+
+    def pick(key: str, default: Any) -> Any:
+        return meta.get(key) if meta.get(key) is not None else default
+
+    return {
+        "context_pad": pick("context_pad", cfg.model.context_pad),
+        "input_size": pick("input_size", cfg.model.input_size),
+        "mean": pick("mean", cfg.model.mean),
+        "std": pick("std", cfg.model.std),
+        "nms_iou": inf.nms_iou,
+        "score_threshold": inf.score_threshold,
+        "max_per_class": inf.max_per_class,
+        "max_detections": inf.max_detections,
+        "max_pixels": cfg.data.max_pixels,
+    }
+
+
+def _config_classes(cfg: Config, meta: dict[str, Any]) -> ClassList:
+    """Classes for checkpoints without a class list (bare state dicts): ``data.classes``."""
+    from detector.datasets.classes import default_classes, load_classes
+
+    classes = load_classes(cfg.data.classes) if cfg.data.classes else default_classes()
+    if len(classes) + 1 != meta.get("num_outputs", len(classes) + 1):
+        raise ModelSetupError(
+            f"checkpoints have {meta.get('num_outputs')} outputs but the class list "
+            f"{cfg.data.classes or 'ILSVRC 200'} has {len(classes)} classes + background"
+        )
+    return classes
+
+
+def _with_demo_defaults(cfg: Config) -> Config:
+    """The demo config finds its built models without further settings."""
+    try:
+        from detector.demo import with_demo_defaults
+    except ImportError:
+        return cfg
+    return with_demo_defaults(cfg)

@@ -1,0 +1,272 @@
+"""Image loading: any file, array or PIL image -> RGB ``uint8[H, W, 3]``.
+
+Every detector input passes through here, so the rules are stated once:
+
+- **Files** are decoded with Pillow. The pixel count is checked against ``max_pixels``
+  from the header, *before* decoding (decompression bombs never allocate), and EXIF
+  orientation is applied (``ImageOps.exif_transpose``) so boxes refer to the image as
+  a viewer shows it. Animated files (GIF, WebP) give their first frame.
+- **Truncated files are errors**: Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left
+  off; a cut JPEG or PNG raises instead of returning grey rows.
+- **Modes**: L, 1, P, CMYK, YCbCr, LAB, HSV -> RGB. 16-bit (``I;16*``, and ``I``, which
+  Pillow produces for 16-bit PNG/TIFF) is scaled by 255/65535 with rounding (Pillow's own
+  ``convert`` clips instead of scaling). Float (``F``) samples are taken as [0, 1].
+- **Alpha** (RGBA, LA, PA, P with a transparency entry, premultiplied modes) is
+  composited onto **white**, the way a viewer shows a transparent image on a page:
+  transparent pixels often hold arbitrary colour (frequently black) that a plain
+  alpha drop would expose to the classifier.
+- **Errors** are :class:`ImageLoadError`, one line starting with the path:
+  ``"photos/x.jpg: truncated or corrupt image data (image file is truncated ...)"``.
+
+Arrays (``HxW``, ``HxWx1``, ``HxWx3``, ``HxWx4``; uint8, uint16, bool, other integers in
+0..255, or floats in [0, 1]) and PIL images go through :func:`as_rgb_array` with the same
+rules. :func:`read_image` takes any of the three.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 50_000_000  # DataConfig.max_pixels; larger images are refused
+
+# Lower-case suffixes found by list_images (compared case-insensitively: .JPEG, .Png, ...).
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
+)
+
+_WHITE = 255
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be used; the one-line message starts with the path (or "array")."""
+
+
+ImageLike = str | os.PathLike | np.ndarray | Image.Image
+
+
+def read_image(x: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A path, numpy array or PIL image -> RGB ``uint8[H, W, 3]`` (see the module rules)."""
+    if isinstance(x, (str, os.PathLike)):
+        return load_image(x, max_pixels=max_pixels)
+    return as_rgb_array(x, max_pixels=max_pixels)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to RGB.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images with more pixels than this (checked from the header).
+    Returns:
+        image (uint8[H, W, 3]): RGB, EXIF orientation applied, C-contiguous.
+    Raises:
+        ImageLoadError: missing, empty, non-image, corrupt, truncated, zero-size or too
+            large files; the message is one line starting with ``path``.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as im:
+            _check_size(im.size, max_pixels, str(path))
+            im.load()  # the decode; raises on truncated data (LOAD_TRUNCATED_IMAGES is off)
+            return _pil_to_rgb(im)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image (unrecognised file format)") from None
+    except Image.DecompressionBombError as e:
+        # Pillow's own cap (2 x Image.MAX_IMAGE_PIXELS) also applies when max_pixels is larger.
+        raise ImageLoadError(f"{path}: too many pixels ({_one_line(e)})") from None
+    except MemoryError:
+        raise ImageLoadError(f"{path}: out of memory while decoding") from None
+    except Exception as e:  # OSError, SyntaxError, ValueError, struct.error, ... from decoders
+        raise ImageLoadError(
+            f"{path}: truncated or corrupt image data ({type(e).__name__}: {_one_line(e)})"
+        ) from None
+
+
+def as_rgb_array(x: np.ndarray | Image.Image, max_pixels: int | None = None) -> np.ndarray:
+    """An in-memory image -> RGB ``uint8[H, W, 3]``, C-contiguous (a copy when converted).
+
+    Args:
+        x: numpy array ``HxW``, ``HxWx1``, ``HxWx3`` (RGB) or ``HxWx4`` (RGBA); dtype uint8,
+            uint16 (scaled by 255/65535), bool, another integer type with values in 0..255,
+            or float with values in [0, 1]. Or a PIL image of any mode (EXIF orientation
+            applied).
+        max_pixels: optional limit on H*W.
+    Raises:
+        ImageLoadError: unsupported shape, dtype or value range; zero-size; too many pixels.
+    """
+    if isinstance(x, Image.Image):
+        _check_size(x.size, max_pixels, "PIL image")
+        try:
+            return _pil_to_rgb(x)
+        except Exception as e:
+            raise ImageLoadError(f"PIL image: cannot convert ({_one_line(e)})") from None
+    if not isinstance(x, np.ndarray):
+        raise ImageLoadError(f"{type(x).__name__}: expected a path, numpy array or PIL image")
+    return _array_to_rgb(x, max_pixels)
+
+
+def list_images(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in ``directory``, sorted by relative POSIX path (deterministic).
+
+    Files are matched by suffix, case-insensitively (:data:`IMAGE_EXTENSIONS`). Hidden
+    files and directories (name starting with ".", e.g. macOS ``._x.jpg`` forks) are
+    skipped; symlinked directories are not followed.
+
+    Raises:
+        NotADirectoryError: ``directory`` does not exist or is not a directory.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    found = _walk(root) if recursive else (p for p in root.iterdir() if p.is_file())
+    images = [p for p in found if _is_image_name(p.name)]
+    return sorted(images, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            yield Path(dirpath) / name
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _check_file(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ImageLoadError(f"{path}: cannot read ({_one_line(e)})") from None
+    if path.is_dir():
+        raise ImageLoadError(f"{path}: is a directory, not an image")
+    if st.st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+
+
+def _check_size(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
+    """``size`` is PIL's (width, height)."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(f"{name}: zero-size image ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageLoadError(
+            f"{name}: too many pixels ({w}x{h} = {w * h:,} > max_pixels {max_pixels:,})"
+        )
+
+
+def _pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """Decoded PIL image of any mode -> RGB uint8 array, EXIF orientation applied."""
+    im = _exif_upright(im)
+    mode = im.mode
+    if mode == "RGB":
+        return np.array(im, dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        return _gray_to_rgb(_scale_16bit(np.asarray(im)))
+    if mode == "F":
+        return _array_to_rgb(np.asarray(im, dtype=np.float32), None, name="float image")
+    if _has_alpha(im):
+        return _composite_on_white(np.array(im.convert("RGBA"), dtype=np.uint8))
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def _exif_upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        # A malformed EXIF block must not cost the image: keep the stored orientation.
+        return im
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return True
+    return im.mode == "P" and "transparency" in im.info
+
+
+def _array_to_rgb(a: np.ndarray, max_pixels: int | None, name: str = "array") -> np.ndarray:
+    """numpy image (see :func:`as_rgb_array`) -> RGB uint8."""
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageLoadError(f"{name}: shape {a.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
+    _check_size((a.shape[1], a.shape[0]), max_pixels, f"{name} of shape {a.shape}")
+    a = _to_uint8(a, name)
+    if a.ndim == 2:
+        return _gray_to_rgb(a)
+    if a.shape[2] == 4:
+        return _composite_on_white(a)
+    return np.ascontiguousarray(a)
+
+
+def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
+    """Samples of any supported dtype -> uint8 (a view when already uint8)."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * np.uint8(255)
+    if a.dtype == np.uint16:
+        return _scale_16bit(a)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise ImageLoadError(f"{name}: float image holds NaN or infinity")
+        if a.size and (a.min() < 0.0 or a.max() > 1.0):
+            raise ImageLoadError(
+                f"{name}: float values must be in [0, 1], got [{a.min():g}, {a.max():g}]"
+            )
+        return np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise ImageLoadError(
+                f"{name}: {a.dtype} values must be in 0..255 (pass uint16 for 16-bit data)"
+            )
+        return a.astype(np.uint8)
+    raise ImageLoadError(f"{name}: unsupported dtype {a.dtype}")
+
+
+def _scale_16bit(a: np.ndarray) -> np.ndarray:
+    """16-bit samples (0..65535; wider integers clipped) -> uint8, 65535 -> 255, rounded."""
+    a = np.clip(a.astype(np.int64), 0, 65535)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _gray_to_rgb(g: np.ndarray) -> np.ndarray:
+    """uint8[H, W] -> uint8[H, W, 3]."""
+    return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """uint8[H, W, 4] (straight alpha) -> uint8[H, W, 3] over a white background."""
+    rgb = rgba[:, :, :3].astype(np.uint32)
+    alpha = rgba[:, :, 3:4].astype(np.uint32)
+    out = (rgb * alpha + _WHITE * (255 - alpha) + 127) // 255
+    return np.ascontiguousarray(out.astype(np.uint8))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,0 +1,170 @@
+"""Training data for the region classifier: labelled regions of a split and warped mini-batches.
+
+:func:`open_split` reads a split (``data.root`` "" = the generated demo set);
+:func:`build_region_pool` labels the proposals of every image (R-CNN, see
+``detector.sampling``); :class:`RegionBatches` turns a step number into one warped
+mini-batch. A batch is a pure function of ``(seed, step)``: the regions, their order and
+the flips come from ``numpy.random.default_rng([seed, step])``, so ``--resume`` and any
+number of DataLoader workers or DDP ranks see exactly the batches of an uninterrupted run.
+
+Horizontal flip augmentation flips the warped crop. That equals warping the mirrored box
+of the mirrored image (the warp samples a box symmetrically about its centre), and costs
+one ``torch.flip`` instead of a copy of the image.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.config import Config
+from detector.io import load_image
+from detector.sampling import RegionPool, image_regions, sample_minibatch
+from detector.structures import ClassList, ImageRecord, Proposals
+
+
+def open_split(cfg: Config, split: str) -> tuple[list[ImageRecord], ClassList, Path]:
+    """The records of one split of ``cfg.data`` (ILSVRC layout), its classes and the data root.
+
+    ``data.root`` "" generates (or reuses) the demo dataset. Records without an image file
+    are dropped: they cannot be warped.
+    """
+    from detector.datasets.classes import load_classes
+    from detector.datasets.ilsvrc import IlsvrcDet, find_classes
+
+    if cfg.data.format != "ilsvrc":
+        raise ValueError(f"data.format {cfg.data.format!r}: training reads the ILSVRC layout only")
+    if cfg.data.root:
+        root = Path(cfg.data.root).expanduser()
+    else:
+        from detector.datasets.demo import ensure_demo_dataset
+
+        root = Path(ensure_demo_dataset(cfg))
+    classes = load_classes(cfg.data.classes) if cfg.data.classes else find_classes(root)
+    records = [r for r in IlsvrcDet(root, split, classes) if r.path is not None]
+    return records, classes, root
+
+
+def build_region_pool(
+    records: Sequence[ImageRecord],
+    proposals: Sequence[Proposals | None],
+    fg_iou: float = 0.5,
+    bg_iou: float = 0.5,
+) -> RegionPool:
+    """Label every image's proposals and add its ground truths as positives.
+
+    Args:
+        records: the training images (ground truth in ``boxes``/``labels``).
+        proposals: one per record; None (an image that failed) contributes nothing.
+    Returns:
+        the pool; ``image_idx`` indexes ``records``.
+    """
+    per_image = []
+    for rec, props in zip(records, proposals, strict=True):
+        if props is None:
+            per_image.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
+            continue
+        per_image.append(image_regions(props.boxes, rec.boxes, rec.labels, fg_iou, bg_iou))
+    return RegionPool.from_images(per_image)
+
+
+class ImageCache:
+    """Decoded images kept in memory up to ``max_bytes`` (least recently used evicted).
+
+    The demo set fits whole; on ILSVRC a batch touches ~128 random images, so the cache
+    mostly saves the repeats within a run of steps.
+    """
+
+    def __init__(self, paths: Sequence[Path], max_pixels: int, max_bytes: int = 2 << 30):
+        self.paths = list(paths)
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def __getitem__(self, idx: int) -> np.ndarray:
+        """uint8[H, W, 3] RGB of image ``idx``."""
+        if idx in self._images:
+            self._images.move_to_end(idx)
+            return self._images[idx]
+        image = load_image(self.paths[idx], max_pixels=self.max_pixels)
+        self._images[idx] = image
+        self._bytes += image.nbytes
+        while self._bytes > self.max_bytes and len(self._images) > 1:
+            _, old = self._images.popitem(last=False)
+            self._bytes -= old.nbytes
+        return image
+
+
+class RegionBatches(torch.utils.data.Dataset):
+    """``batches[step]`` -> this rank's share of global mini-batch ``step``.
+
+    Returns ``(crops float32[B, 3, S, S] channels_last, labels int64[B])``; rank ``r`` of
+    ``world_size`` gets positions ``r, r + world_size, ...`` of the global batch, so the
+    ranks together see the same 128 regions a single process would.
+    """
+
+    def __init__(
+        self,
+        pool: RegionPool,
+        images: ImageCache,
+        *,
+        seed: int,
+        batch_size: int = 128,
+        fg_fraction: float = 0.25,
+        flip: bool = True,
+        size: int = 224,
+        context_pad: int = 16,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.pool, self.images, self.seed = pool, images, seed
+        self.batch_size, self.fg_fraction, self.flip = batch_size, fg_fraction, flip
+        self.size, self.context_pad, self.mean, self.std = size, context_pad, mean, std
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return 2**62  # indexed by step; the loop decides how many
+
+    def plan(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global batch of ``step``: pool indices (int64[B]) and flip flags (bool[B])."""
+        rng = np.random.default_rng([self.seed, step])
+        idx = sample_minibatch(rng, self.pool, self.batch_size, self.fg_fraction)
+        flips = rng.random(len(idx)) < 0.5 if self.flip else np.zeros(len(idx), bool)
+        return idx, flips
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, flips = self.plan(step)
+        idx, flips = idx[self.rank :: self.world_size], flips[self.rank :: self.world_size]
+        crops = self.warp(idx)
+        if flips.any():
+            sel = torch.from_numpy(np.flatnonzero(flips))
+            crops[sel] = crops[sel].flip(3)
+        return crops.contiguous(memory_format=torch.channels_last), torch.from_numpy(
+            self.pool.labels[idx].copy()
+        )
+
+    def warp(self, idx: np.ndarray) -> torch.Tensor:
+        """Warp regions ``idx`` of the pool, one warp call per image, in ``idx`` order."""
+        from detector.warp import warp_regions
+
+        out = torch.zeros((len(idx), 3, self.size, self.size), dtype=torch.float32)
+        image_of = self.pool.image_idx[idx]
+        for image_idx in np.unique(image_of):
+            rows = np.flatnonzero(image_of == image_idx)
+            out[torch.from_numpy(rows)] = warp_regions(
+                self.images[int(image_idx)],
+                self.pool.boxes[idx[rows]],
+                size=self.size,
+                context_pad=self.context_pad,
+                mean=self.mean,
+                std=self.std,
+                device="cpu",
+            ).float()
+        return out

@@ -1,0 +1,116 @@
+"""On-disk cache of proposals: one ``.npz`` per image and settings, written atomically.
+
+Selective search costs ~0.6 s per image and is needed by every training epoch and every
+evaluation run, so its boxes are computed once. The key hashes the pixels (not the path: a
+re-encoded or edited file gets a new key), the settings and :data:`CACHE_VERSION`; bump the
+version when the algorithm's output changes for the same settings. A corrupt or truncated
+entry (a killed writer on a filesystem without atomic rename, a full disk) is reported in
+one line, deleted and recomputed.
+
+Example::
+
+    from proposals.cache import ProposalCache, cache_key
+
+    cache = ProposalCache("~/.cache/inception-rcnn/proposals")
+    key = cache_key(image, settings)
+    proposals = cache.get(key)
+    if proposals is None:
+        proposals = compute(image)
+        cache.put(key, proposals)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.structures import Proposals
+
+CACHE_VERSION = 1  # bump when the proposals for the same image and settings change
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def cache_key(image: np.ndarray, settings: dict[str, Any]) -> str:
+    """sha256 hex of the version, the image's dtype, shape and pixels, and the settings.
+
+    Settings are canonical JSON (sorted keys; tuples and lists hash alike), so
+    ``{"ks": (100, 200)}`` and ``{"ks": [100, 200]}`` share a key.
+    """
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256()
+    header = {
+        "version": CACHE_VERSION,
+        "dtype": image.dtype.str,
+        "shape": list(image.shape),
+        "settings": settings,
+    }
+    digest.update(
+        json.dumps(header, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+    )
+    digest.update(memoryview(image).cast("B") if image.size else b"")
+    return digest.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cache_key: setting of type {type(value).__name__} is not JSON-serialisable")
+
+
+class ProposalCache:
+    """Proposals stored as ``<directory>/<key[:2]>/<key>.npz`` (arrays boxes, scores, source)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory).expanduser()
+
+    def path(self, key: str) -> Path:
+        """The entry's file; the two-character subdirectory keeps directories small."""
+        if not _KEY.match(key):
+            raise ValueError(f"ProposalCache: {key!r} is not a sha256 hex key")
+        return self.directory / key[:2] / f"{key}.npz"
+
+    def get(self, key: str) -> Proposals | None:
+        """The stored proposals, or None when absent or corrupt (a corrupt entry is deleted)."""
+        path = self.path(key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return Proposals(data["boxes"], data["scores"], data["source"])
+        except FileNotFoundError:
+            return None
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            warnings.warn(
+                f"{path}: corrupt proposal cache entry ({type(e).__name__}: {e}); recomputing",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, proposals: Proposals) -> Path:
+        """Write the entry atomically (temporary file + ``os.replace``); returns its path."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(
+                    f, boxes=proposals.boxes, scores=proposals.scores, source=proposals.source
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

@@ -1,0 +1,174 @@
+"""Proposals of an image: cached selective search + MultiBox, merged.
+
+``ProposalGenerator`` is the ``propose`` step of the detector. Selective search (~0.6 s an
+image) is cached on disk by image content and settings; MultiBox (one forward pass) is
+recomputed. Either source may be disabled.
+
+Example::
+
+    from detector.config import load_config
+    from proposals.generator import ProposalGenerator
+
+    generator = ProposalGenerator.from_config(load_config("demo"))
+    proposals = generator(image)                       # Proposals, both sources
+    many = generator.propose_many(images, workers=2)   # selective search in a process pool
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.config import Config, ConfigError
+from detector.structures import Proposals, ProposalSource
+from proposals.cache import ProposalCache, cache_key
+from proposals.merge import merge_proposals
+from proposals.multibox import MultiBox
+from proposals.pool import SelectiveSearchPool
+from proposals.selective_search import selective_search
+
+DEFAULT_CACHE_DIR = "~/.cache/inception-rcnn/proposals"
+# SelectiveSearchConfig fields that are not selective_search() arguments
+_NOT_SETTINGS = ("enabled", "workers", "cache_dir")
+
+
+class ProposalGenerator:
+    """Selective search (cached) + MultiBox, merged.
+
+    Args:
+        selective_search_settings: keyword arguments of ``selective_search`` (None = the
+            source is off).
+        multibox: a loaded MultiBox model (None = the source is off).
+        cache: where selective-search boxes are kept (None = no cache).
+        workers: default process-pool size of :meth:`propose_many` (0 = all cores).
+    """
+
+    def __init__(
+        self,
+        selective_search_settings: dict[str, Any] | None,
+        multibox: MultiBox | None,
+        cache: ProposalCache | None = None,
+        workers: int = 0,
+    ) -> None:
+        self.ss_settings = (
+            None if selective_search_settings is None else dict(selective_search_settings)
+        )
+        self.multibox = multibox
+        self.cache = cache
+        self.workers = workers
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: str = "cpu") -> ProposalGenerator:
+        """Build from ``cfg.proposals``; an enabled MultiBox without a checkpoint is a ConfigError."""
+        ss_cfg = cfg.proposals.selective_search
+        settings = None
+        if ss_cfg.enabled:
+            settings = {
+                k: v for k, v in dataclasses.asdict(ss_cfg).items() if k not in _NOT_SETTINGS
+            }
+        return cls(
+            settings,
+            _multibox_from_config(cfg, device),
+            _cache_from_config(ss_cfg.cache_dir),
+            ss_cfg.workers,
+        )
+
+    def __call__(self, image: np.ndarray) -> Proposals:
+        """image (uint8[H, W, 3]) -> merged Proposals (see ``proposals.merge``)."""
+        ss = self._selective_search(image)
+        mb = self.multibox.propose(image) if self.multibox is not None else Proposals()
+        return merge_proposals(ss, mb)
+
+    def propose_many(
+        self, images: Sequence[np.ndarray], workers: int | None = None
+    ) -> list[Proposals]:
+        """Proposals of several images. Uncached selective search runs in a process pool
+        while MultiBox runs here, in the main process.
+
+        Raises:
+            proposals.pool.ProposalError: selective search failed on an image.
+        """
+        images = list(images)
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            ss_future = thread.submit(
+                self._selective_search_many, images, self.workers if workers is None else workers
+            )
+            mb = (
+                self.multibox.propose_batch(images)
+                if self.multibox is not None
+                else [Proposals() for _ in images]
+            )
+            ss = ss_future.result()
+        return [merge_proposals(s, m) for s, m in zip(ss, mb, strict=True)]
+
+    def _selective_search(self, image: np.ndarray) -> np.ndarray:
+        """float32[N, 4] boxes of one image, from the cache when there."""
+        if self.ss_settings is None:
+            return np.zeros((0, 4), np.float32)
+        key = self._key(image)
+        cached = self.cache.get(key) if key else None
+        if cached is not None:
+            return cached.boxes
+        boxes = selective_search(image, **self.ss_settings)
+        if key:
+            self.cache.put(key, _as_ss_proposals(boxes))
+        return boxes
+
+    def _selective_search_many(self, images: list[np.ndarray], workers: int) -> list[np.ndarray]:
+        if self.ss_settings is None:
+            return [np.zeros((0, 4), np.float32) for _ in images]
+        keys = [self._key(im) for im in images]
+        found = [self.cache.get(k) if k else None for k in keys]
+        out = [None if p is None else p.boxes for p in found]
+        todo = [i for i, b in enumerate(out) if b is None]
+        if todo:
+            with SelectiveSearchPool(workers, **self.ss_settings) as pool:
+                for i, boxes in zip(todo, pool.map(images[i] for i in todo), strict=True):
+                    if isinstance(boxes, Exception):
+                        raise boxes
+                    out[i] = boxes
+                    if keys[i]:
+                        self.cache.put(keys[i], _as_ss_proposals(boxes))
+        return out
+
+    def _key(self, image: np.ndarray) -> str | None:
+        return cache_key(image, self.ss_settings) if self.cache is not None else None
+
+
+def _as_ss_proposals(boxes: np.ndarray) -> Proposals:
+    n = len(boxes)
+    return Proposals(
+        boxes,
+        np.full(n, np.nan, np.float32),
+        np.full(n, int(ProposalSource.SELECTIVE_SEARCH), np.uint8),
+    )
+
+
+def _multibox_from_config(cfg: Config, device: str) -> MultiBox | None:
+    mb = cfg.proposals.multibox
+    if not mb.enabled:
+        return None
+    if not mb.checkpoint:
+        raise ConfigError(
+            "proposals.multibox.enabled is true but proposals.multibox.checkpoint is empty: "
+            "train one with `python -m proposals.multibox train` or set proposals.multibox.enabled=false"
+        )
+    return MultiBox.from_checkpoint(
+        mb.checkpoint,
+        device,
+        top_k=mb.top_k,
+        nms_iou=mb.nms_iou,
+        num_priors=mb.num_priors,
+        input_size=mb.input_size,
+    )
+
+
+def _cache_from_config(cache_dir: str) -> ProposalCache | None:
+    if cache_dir.lower() == "none":
+        return None
+    return ProposalCache(Path(cache_dir or DEFAULT_CACHE_DIR).expanduser())

@@ -1,0 +1,152 @@
+"""GoogLeNet region classifier: construction, ImageNet-weight loading, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import GoogLeNet
+
+from detector.classifier import (
+    CheckpointError,
+    build_googlenet,
+    checkpoint_metadata,
+    load_checkpoint,
+    load_members,
+    save_checkpoint,
+)
+from detector.structures import ClassList
+
+torch.set_num_threads(1)
+CLASSES = ClassList(["n01", "n02", "n03"], ["cat", "dog", "fish"])
+X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def _model(seed: int = 0, outputs: int = 4) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_googlenet(outputs).eval()
+
+
+def _fake_imagenet_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A torchvision-format GoogLeNet state dict (1000 classes, aux heads), random values."""
+    torch.manual_seed(1)
+    state = GoogLeNet(num_classes=1000, aux_logits=True, init_weights=True).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_build_googlenet_shapes_and_no_aux_heads() -> None:
+    model = _model(outputs=5)
+    assert model.aux1 is None and model.aux2 is None and not model.transform_input
+    assert model.fc.out_features == 5
+    assert model(X).shape == (2, 5)
+    with pytest.raises(ValueError, match="num_outputs"):
+        build_googlenet(1)
+
+
+def test_pretrained_loads_local_weights_keeps_transform_input(tmp_path: Path) -> None:
+    state = _fake_imagenet_weights(tmp_path / "googlenet.pth")
+    model = build_googlenet(7, pretrained=True, weights_path=tmp_path / "googlenet.pth")
+    assert model.transform_input and model.fc.out_features == 7 and model.aux1 is None
+    torch.testing.assert_close(model.conv1.conv.weight, state["conv1.conv.weight"])
+    torch.testing.assert_close(
+        model.inception5b.branch4[1].conv.weight, state["inception5b.branch4.1.conv.weight"]
+    )
+    with pytest.raises(ValueError, match="transform_input"):
+        build_googlenet(
+            7, pretrained=True, transform_input=False, weights_path=tmp_path / "googlenet.pth"
+        )
+
+
+def test_channels_last_transform_input_equals_torchvision(tmp_path: Path) -> None:
+    ours = build_googlenet(6, transform_input=True).eval()
+    theirs = GoogLeNet(num_classes=6, aux_logits=False, transform_input=True, init_weights=False)
+    theirs.load_state_dict(ours.state_dict())
+    theirs.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(X), theirs(X), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_imagenet_weights_error_or_fallback(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_googlenet(4, pretrained=True, weights_path=missing)
+    model = build_googlenet(4, pretrained=True, weights_path=missing, if_missing="random")
+    assert not model.transform_input
+
+
+def test_safetensors_round_trip(tmp_path: Path) -> None:
+    model = _model()
+    meta = checkpoint_metadata(
+        CLASSES, input_size=64, context_pad=8, config_digest="abc", member=2, seed=7
+    )
+    path = save_checkpoint(tmp_path / "sub" / "m.safetensors", model, meta)
+    assert [p.name for p in path.parent.iterdir()] == ["m.safetensors"]  # no temp file left
+    loaded, got = load_checkpoint(path, classes=CLASSES)
+    assert not loaded.training
+    assert got["num_outputs"] == 4 and got["input_size"] == 64 and got["context_pad"] == 8
+    assert got["classes"] == {"wnids": CLASSES.wnids, "names": CLASSES.names}
+    assert got["member"] == 2 and got["seed"] == 7 and got["config_digest"] == "abc"
+    assert got["transform_input"] is False
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(X), model(X), rtol=0, atol=0)
+
+
+def test_torch_pt_round_trip_weights_only(tmp_path: Path) -> None:
+    model = _model(outputs=4)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    torch.save(
+        {"state_dict": model.state_dict(), "metadata": {"input_size": 64}}, tmp_path / "wrapped.pth"
+    )
+    bare, meta = load_checkpoint(tmp_path / "bare.pt")
+    assert meta == {"num_outputs": 4, "transform_input": False}
+    wrapped, meta = load_checkpoint(tmp_path / "wrapped.pth")
+    assert meta["input_size"] == 64
+    with torch.inference_mode():
+        torch.testing.assert_close(bare(X), model(X), rtol=0, atol=0)
+        torch.testing.assert_close(wrapped(X), model(X), rtol=0, atol=0)
+
+
+def test_mismatches_raise_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", _model(outputs=4), checkpoint_metadata(CLASSES)
+    )
+    five = ClassList([f"n{i}" for i in range(5)], [f"c{i}" for i in range(5)])
+    with pytest.raises(CheckpointError, match="expected 6 outputs .* found 4"):
+        load_checkpoint(path, classes=five)
+    with pytest.raises(CheckpointError, match="3 classes"):
+        save_checkpoint(
+            tmp_path / "bad.safetensors", _model(outputs=5), checkpoint_metadata(CLASSES)
+        )
+    state = _model().state_dict()
+    state["conv1.conv.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match="shape.pt: weights do not fit"):
+        load_checkpoint(tmp_path / "shape.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+
+
+def test_load_members_agree_or_fail(tmp_path: Path) -> None:
+    paths = [
+        save_checkpoint(
+            tmp_path / f"member_{i}.safetensors",
+            _model(i),
+            checkpoint_metadata(CLASSES, input_size=64, member=i, seed=i),
+        )
+        for i in range(2)
+    ]
+    models, meta = load_members(paths)
+    assert len(models) == 2 and meta["input_size"] == 64
+    assert [m["seed"] for m in meta["members"]] == [0, 1]
+    other = save_checkpoint(
+        tmp_path / "other.safetensors", _model(), checkpoint_metadata(CLASSES, input_size=96)
+    )
+    with pytest.raises(CheckpointError, match="input_size differs"):
+        load_members([paths[0], other])
+    with pytest.raises(CheckpointError, match="no checkpoints"):
+        load_members([])

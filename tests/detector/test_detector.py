@@ -1,0 +1,188 @@
+"""Detector end to end with real parts: tiny random-weight GoogLeNets saved as real
+checkpoints, real selective search (MultiBox off), real warp, ensemble and NMS."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
+from detector.config import Config, load_config
+from detector.detector import Detector, ModelSetupError
+from detector.io import ImageLoadError
+from detector.nms import per_class_nms
+from detector.structures import ClassList, Detections
+
+CLASSES = ClassList(["n01", "n02", "n03"], ["cat", "dog", "cup"])
+# Small crops and coarse selective search keep every detection around a second.
+FAST = [
+    "model.members=2",
+    "proposals.multibox.enabled=false",
+    "proposals.selective_search.resize_width=100",
+    "proposals.selective_search.min_side=30",
+    "proposals.selective_search.cache_dir=none",
+    "inference.precision=fp32",
+    "inference.score_threshold=0.2",
+    "inference.threads=1",  # the suite shares 2 cores: one thread is far cheaper under load
+]
+
+
+def build_members(folder: Path, n: int = 2) -> list[Path]:
+    """``n`` random-weight 3-class GoogLeNets at 32 x 32 input, saved as real checkpoints."""
+    paths = []
+    for i in range(n):
+        torch.manual_seed(i)
+        meta = checkpoint_metadata(CLASSES, input_size=32, context_pad=4, member=i, seed=i)
+        paths.append(save_checkpoint(folder / f"member_{i}.safetensors", build_googlenet(4), meta))
+    return paths
+
+
+def fast_config(models: Path, *extra: str) -> Config:
+    return load_config(None, [f"model.checkpoint_dir={models}", *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("models")
+    build_members(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def detector(models) -> Detector:
+    return Detector.from_config(fast_config(models), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.ascontiguousarray(cv2.resize(data.astronaut(), (160, 128)))
+
+
+@pytest.fixture(scope="module")
+def reference(detector, image) -> Detections:
+    """The detections of ``image``, computed once for the tests that compare against them."""
+    return detector(image)
+
+
+def assert_same(a: Detections, b: Detections) -> None:
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.class_names == b.class_names and a.num_proposals == b.num_proposals
+
+
+def test_detections_are_the_paper_pipeline(detector, image, reference):
+    d = reference
+    assert isinstance(d, Detections) and len(d) > 0
+    # The same steps by hand: proposals -> averaged softmax of the warped crops -> NMS.
+    proposals = detector.proposer(image)
+    probs = detector.ensemble.score_image(image, proposals.boxes, context_pad=4)
+    boxes, scores, labels = per_class_nms(
+        proposals.boxes, probs, nms_iou=0.3, score_threshold=0.2, max_per_class=100
+    )
+    np.testing.assert_array_equal(d.boxes, boxes)
+    np.testing.assert_allclose(d.scores, scores, rtol=1e-5)
+    np.testing.assert_array_equal(d.labels, labels)
+    assert d.num_proposals == len(proposals) > 0
+    assert d.image_size == (128, 160)
+    assert d.class_names == [CLASSES.name_of(int(c)) for c in d.labels]
+    assert set(d.labels) <= {1, 2, 3} and (d.scores > 0.2).all()
+    assert (np.diff(d.scores) <= 0).all()
+    assert (d.boxes[:, :2] >= 0).all() and (d.boxes[:, 2] <= 160).all()
+    assert {"load", "propose", "score", "nms", "warp", "cnn"} <= set(d.timings)
+    assert detector.input_size == 32 and detector.context_pad == 4  # from the checkpoints
+
+
+def test_array_path_pil_and_list_agree(detector, image, reference, tmp_path):
+    Image.fromarray(image).save(tmp_path / "a.png")  # lossless: the same pixels
+    assert_same(detector(tmp_path / "a.png"), reference)
+    many = detector([str(tmp_path / "a.png"), Image.fromarray(image)])
+    assert isinstance(many, list) and len(many) == 2
+    for d in many:
+        assert_same(d, reference)
+    assert detector([]) == []
+
+
+def test_empty_input_no_proposals(detector):
+    # Selective search resizes to width 100: this image becomes 100 x 2, too thin for a box.
+    d = detector(np.full((4, 200, 3), 90, np.uint8))
+    assert len(d) == 0 and d.num_proposals == 0 and d.image_size == (4, 200)
+    assert d.boxes.shape == (0, 4) and d.labels.dtype == np.int64
+    assert d.to_dict()["boxes"] == []
+
+
+def test_bad_input_raises_with_path(detector, tmp_path):
+    (tmp_path / "bad.jpg").write_text("not an image")
+    with pytest.raises(ImageLoadError, match=r"bad\.jpg: not an image"):
+        detector(tmp_path / "bad.jpg")
+
+
+def test_detect_many_in_order_with_failures(detector, image, reference, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    items = [image, tmp_path / "empty.jpg", np.zeros((4, 200, 3), np.uint8), image]
+    results = list(detector.detect_many(items, workers=2))
+    assert [r[0] is i for r, i in zip(results, items, strict=True)] == [True] * 4
+    assert isinstance(results[1][1], ImageLoadError) and "empty file" in str(results[1][1])
+    assert_same(results[0][1], reference)
+    assert_same(results[3][1], reference)
+    assert len(results[2][1]) == 0
+    assert {"load", "propose", "wait", "score", "nms"} <= set(results[3][1].timings)
+    assert list(detector.detect_many([], workers=2)) == []
+
+
+def test_concurrent_calls_match_sequential(detector, image, reference):
+    expected = reference
+    out: list = [None, None]
+
+    def work(i: int) -> None:
+        out[i] = detector(image)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for d in out:
+        assert_same(d, expected)
+
+
+def test_from_checkpoints_and_overrides(models, image):
+    paths = sorted(models.glob("member_*.safetensors"))
+    det = Detector.from_checkpoints(
+        paths, config=fast_config(models), device="cpu", score_threshold=1.0, max_pixels=10_000
+    )
+    assert det.score_threshold == 1.0 and det.proposer.multibox is None
+    assert len(det(image[:48, :48])) == 0  # no probability exceeds 1
+    with pytest.raises(ImageLoadError, match="too many pixels"):
+        det(image)  # 160 x 128 > 10,000
+
+
+def test_setup_errors_say_what_is_expected(models, tmp_path, monkeypatch):
+    with pytest.raises(ModelSetupError, match=r"expected 3 ensemble members .* found 2"):
+        Detector.from_config(fast_config(models, "model.members=3"), device="cpu")
+    with pytest.raises(ModelSetupError, match=r"checkpoint not found: .*nope\.safetensors"):
+        Detector.from_config(
+            fast_config(models, f"model.checkpoints=[{tmp_path}/nope.safetensors]"), device="cpu"
+        )
+    with pytest.raises(ModelSetupError, match=r"MultiBox checkpoint not found: .*mb\.safetensors"):
+        Detector.from_config(
+            fast_config(
+                models,
+                "proposals.multibox.enabled=true",
+                f"proposals.multibox.checkpoint={tmp_path}/mb.safetensors",
+            ),
+            device="cpu",
+        )
+    # The demo config looks in the demo models folder; unbuilt, the error says how to build.
+    monkeypatch.setenv("INCEPTION_RCNN_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, FAST)
+    with pytest.raises(ModelSetupError, match=r"python -m detector\.demo"):
+        Detector.from_config(cfg, device="cpu")

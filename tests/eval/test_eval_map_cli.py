@@ -1,0 +1,190 @@
+"""``python -m eval.map`` end to end on a tiny ILSVRC tree written to tmp_path (no images)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval import map as eval_map
+
+CLASSES = "n01 1 cat\nn02 2 dog\nn03 3 tiny thing\n"  # map_det.txt: <wnid> <id> <name>
+
+
+def xml(name: str, objects: list[tuple[str, int, int, int, int]]) -> str:
+    body = "".join(
+        f"<object><name>{w}</name><bndbox><xmin>{x0}</xmin><xmax>{x1}</xmax>"
+        f"<ymin>{y0}</ymin><ymax>{y1}</ymax></bndbox></object>"
+        for w, x0, y0, x1, y1 in objects
+    )
+    return f"<annotation><filename>{name}</filename><size><width>300</width><height>200</height></size>{body}</annotation>"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "ilsvrc"
+    ann = root / "Annotations" / "DET" / "val"
+    ann.mkdir(parents=True)
+    (root / "ImageSets" / "DET").mkdir(parents=True)
+    (root / "map_det.txt").write_text(CLASSES)
+    images = {
+        "a": [("n01", 0, 0, 99, 99), ("n02", 150, 50, 249, 149)],
+        "b": [("n01", 10, 10, 109, 109)],
+        "c": [],  # no objects
+    }
+    for name, objects in images.items():
+        (ann / f"{name}.xml").write_text(xml(name, objects))
+    (root / "ImageSets" / "DET" / "val.txt").write_text("a 1\nb 2\nc 3\n")
+    return root
+
+
+def run(tree, tmp_path, lines: str, *extra: str):
+    sub = tmp_path / "sub.txt"
+    sub.write_text(lines)
+    argv = ["--split", "val", "--data-root", str(tree), "--detections", str(sub), *extra]
+    return eval_map.main(argv)
+
+
+def test_scores_file_prints_table_and_writes_json(tree, tmp_path, capsys):
+    lines = (
+        "1 1 0.9 0 0 99 99\n"  # TP cat
+        "3 1 0.8 0 0 99 99\n"  # FP cat (image without objects)
+        "2 1 0.7 10 10 109 109\n"  # TP cat
+        "1 2 0.6 150 50 249 149\n"  # TP dog
+    )
+    out = tmp_path / "report" / "map.json"
+    assert run(tree, tmp_path, lines, "--json", str(out), "--plot-pr", str(tmp_path / "pr")) == 0
+    text = capsys.readouterr().out
+    # cat: TP FP TP, npos 2 -> AP = 0.5 * 1 + 0.5 * 2/3; dog 1.0; class 3 degenerate (0)
+    cat_ap = 0.5 + 0.5 * 2 / 3
+    assert "mAP: " + f"{100 * (cat_ap + 1.0) / 3:.2f}%" in text
+    assert "degenerate classes (no positives; AP counted as 0): 3" in text
+    assert "pycocotools AP@0.5 (cross-check" in text
+    table = [ln.split() for ln in text.splitlines() if ln.split()[:1] in (["1"], ["2"], ["3"])]
+    assert [row[0] for row in table] == ["2", "1", "3"]  # sorted by AP
+    report = json.loads(out.read_text())
+    assert report["mAP"] == pytest.approx((cat_ap + 1.0) / 3)
+    cat = report["classes"][0]
+    assert (cat["wnid"], cat["name"], cat["npos"], cat["num_dets"]) == ("n01", "cat", 2, 3)
+    assert report["classes"][2]["degenerate"] is True
+    assert report["settings"]["split"] == "val"
+    assert report["coco_check"]["ap"][2] is None
+    assert sorted(p.name for p in (tmp_path / "pr").iterdir()) == ["001_n01.png", "002_n02.png"]
+
+
+def test_blacklist_file(tree, tmp_path, capsys):
+    bl = tmp_path / "bl.txt"
+    bl.write_text("3 n01\n")  # the FP on image 3 is ignored
+    assert (
+        run(
+            tree,
+            tmp_path,
+            "1 1 0.9 0 0 99 99\n3 1 0.8 0 0 99 99\n",
+            "--blacklist",
+            str(bl),
+            "--no-coco-check",
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "1 detections and 0 objects ignored" in text
+    assert "pycocotools" not in text
+
+
+def test_empty_submission(tree, tmp_path, capsys):
+    assert run(tree, tmp_path, "", "--no-coco-check") == 0
+    assert "mAP: 0.00% over 3 classes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("lines", "extra", "message"),
+    [
+        ("1 1 0.9 0 0 99\n", [], "sub.txt:1: expected 7 fields"),
+        ("4 1 0.9 0 0 99 99\n", [], "sub.txt:1: image_index 4 is not in the split"),
+        ("1 9 0.9 0 0 99 99\n", [], "sub.txt:1: class_id 9 outside 1..3"),
+        ("", ["--blacklist", "/nonexistent/bl.txt"], "bl.txt: blacklist file not found"),
+        ("", ["--split", "nosuch"], "nosuch.txt: split list not found"),
+        ("", ["data.nosuch=1"], "unknown config key 'data.nosuch'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tree, tmp_path, capsys, lines, extra, message):
+    assert run(tree, tmp_path, lines, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("eval.map: error: ") and message in err
+
+
+def test_malformed_annotation_exits_2(tree, tmp_path, capsys):
+    (tree / "Annotations" / "DET" / "val" / "b.xml").write_text("<annotation><object>")
+    assert run(tree, tmp_path, "") == 2
+    assert "b.xml: not a readable XML annotation" in capsys.readouterr().err
+
+
+def test_help_mentions_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        eval_map.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--split",
+        "--data-root",
+        "--detections",
+        "--blacklist",
+        "--classes",
+        "--json",
+        "--plot-pr",
+        "--no-coco-check",
+        "--config",
+    ):
+        assert flag in text
+
+
+def test_runs_the_detector_when_no_detections_given(tree, tmp_path, capsys):
+    """Real detector: two tiny random-weight GoogLeNets saved as checkpoints, selective search."""
+    import cv2
+    import torch
+    from skimage import data
+
+    from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
+    from detector.datasets.classes import load_classes
+
+    torch.set_num_threads(1)
+    classes = load_classes(tree / "map_det.txt")
+    models = tmp_path / "models"
+    for i in range(2):
+        torch.manual_seed(i)
+        meta = checkpoint_metadata(classes, input_size=32, context_pad=4, member=i, seed=i)
+        save_checkpoint(models / f"member_{i}.safetensors", build_googlenet(4), meta)
+    images = tree / "Data" / "DET" / "val"
+    images.mkdir(parents=True)
+    for name, picture in (("a", data.astronaut()), ("b", data.chelsea())):
+        cv2.imwrite(str(images / f"{name}.JPEG"), cv2.resize(picture, (150, 100))[:, :, ::-1])
+    out = tmp_path / "out"
+    argv = [
+        "--split",
+        "val",
+        "--data-root",
+        str(tree),
+        "--output-dir",
+        str(out),
+        "--max-images",
+        "2",
+    ]
+    overrides = [
+        f"model.checkpoint_dir={models}",
+        "model.members=2",
+        "proposals.multibox.enabled=false",
+        "proposals.selective_search.resize_width=100",
+        "proposals.selective_search.min_side=30",
+        "proposals.selective_search.cache_dir=none",
+        "proposals.selective_search.workers=-1",  # sequential: no process pool in the test
+        "inference.precision=fp32",
+        "inference.score_threshold=0.2",
+        "inference.threads=1",
+    ]
+    assert eval_map.main(argv + ["--no-coco-check", *overrides]) == 0
+    text = capsys.readouterr().out
+    submission = out / "val_submission.txt"
+    assert submission.is_file() and f"-> {submission}" in text
+    assert "split val, 2 images" in text and "mAP: " in text
+    rows = [ln.split() for ln in submission.read_text().splitlines()]
+    assert all(len(r) == 7 and r[0] in ("1", "2") and 1 <= int(r[1]) <= 3 for r in rows)

@@ -1,0 +1,81 @@
+"""Config loading: defaults, YAML overrides, KEY=VALUE, and errors that name the key."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from detector.config import Config, ConfigError, add_config_args, apply_override, load_config
+
+
+def test_paper_config_states_the_paper_setup() -> None:
+    cfg = load_config("ilsvrc2014")
+    assert cfg.proposals.selective_search.ks == [100, 200]
+    assert cfg.proposals.selective_search.resize_width == 500
+    assert cfg.proposals.multibox.top_k == 200
+    assert cfg.model.members == 6
+    assert cfg.model.input_size == 224
+    assert cfg.model.context_pad == 16
+    assert cfg.inference.nms_iou == 0.3
+    assert cfg.data.blacklist == "ilsvrc2014"
+
+
+def test_rcnn_fast_preset_halves_superpixel_size() -> None:
+    fast = load_config("selective_search_rcnn_fast").proposals.selective_search
+    doubled = load_config("ilsvrc2014").proposals.selective_search
+    assert [2 * k for k in fast.ks] == doubled.ks
+
+
+def test_override_parses_yaml_values() -> None:
+    cfg = load_config("ilsvrc2014", ["proposals.selective_search.ks=[50,100]", "inference.nms_iou=1"])
+    assert cfg.proposals.selective_search.ks == [50, 100]
+    assert cfg.inference.nms_iou == 1.0 and isinstance(cfg.inference.nms_iou, float)
+    apply_override(cfg, "proposals.multibox.enabled=false")
+    assert cfg.proposals.multibox.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.memberz=3", "'model.memberz'"),
+        ("model.members=six", "'model.members'"),
+        ("model.members=true", "'model.members'"),
+        ("proposals.selective_search.ks=[a]", "'proposals.selective_search.ks[0]'"),
+        ("model=3", "'model'"),
+        ("nokey", "KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config("ilsvrc2014", [override])
+
+
+def test_unknown_key_in_yaml_file_names_the_key(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("inference:\n  nms_iuo: 0.4\n")
+    with pytest.raises(ConfigError, match="'inference.nms_iuo'"):
+        load_config(path)
+
+
+def test_missing_config_file_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_config_anywhere")
+
+
+def test_digest_depends_on_settings_only(tmp_path) -> None:
+    a = load_config("ilsvrc2014")
+    copy = tmp_path / "copy.yaml"
+    copy.write_text((a.source and open(a.source).read()) or "")
+    b = load_config(copy)
+    assert a.digest() == b.digest()
+    apply_override(b, "inference.nms_iou=0.4")
+    assert a.digest() != b.digest()
+
+
+def test_cli_arguments_parse_config_and_overrides() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    args = parser.parse_args(["--config", "ilsvrc2014", "model.members=2"])
+    cfg = load_config(args.config, args.overrides)
+    assert isinstance(cfg, Config) and cfg.model.members == 2
