@@ -39,6 +39,7 @@ import torch
 
 from detector.classifier import build_googlenet
 from detector.ensemble import Ensemble, cpu_supports_bf16
+from detector.runtime import tune_allocator
 from detector.warp import warp_regions
 from proposals.selective_search import DOUBLED, selective_search
 
@@ -104,7 +105,13 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
     for name, precision, compiled in settings:
         if precision == "bf16" and not cpu_supports_bf16():
             continue
-        ens = Ensemble([member], precision=precision, chunk_size=args.chunk, compile=compiled, input_size=crops.shape[-1])
+        ens = Ensemble(
+            [member],
+            precision=precision,
+            chunk_size=args.chunk,
+            compile=compiled,
+            input_size=crops.shape[-1],
+        )
         t0 = time.perf_counter()
         if precision == "int8":
             ens.calibrate(crops)
@@ -114,7 +121,9 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
         if setup > 1.0:
             rows[name + " (setup s)"] = setup
     base = rows["eager fp32 NCHW (torchvision)"]
-    per_model = {k: {"crops_per_s": v, "ratio": v / base} for k, v in rows.items() if "setup" not in k}
+    per_model = {
+        k: {"crops_per_s": v, "ratio": v / base} for k, v in rows.items() if "setup" not in k
+    }
     setup = {k.replace(" (setup s)", ""): v for k, v in rows.items() if "setup" in k}
     ensemble = bench_ensemble(crops, args)
     ensemble["ratio_vs_eager_fp32_per_model"] = ensemble["crops_per_s"] * args.members / base
@@ -124,10 +133,21 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
 def bench_ensemble(crops: torch.Tensor, args: argparse.Namespace) -> dict:
     """The default path (precision auto, compile as --compile) with ``--members`` members."""
     members = [random_member(i) for i in range(args.members)]
-    ens = Ensemble(members, precision="auto", chunk_size=args.chunk, compile=args.compile, input_size=crops.shape[-1])
+    ens = Ensemble(
+        members,
+        precision="auto",
+        chunk_size=args.chunk,
+        compile=args.compile,
+        input_size=crops.shape[-1],
+    )
     ens.score(crops[: args.chunk])
     r = rate(lambda: ens.score(crops), len(crops), max(1, args.repeats - 1))
-    return {"members": args.members, "precision": ens.precision, "compiled": ens.compile, "crops_per_s": r}
+    return {
+        "members": args.members,
+        "precision": ens.precision,
+        "compiled": ens.compile,
+        "crops_per_s": r,
+    }
 
 
 def print_scoring(res: dict) -> None:
@@ -183,7 +203,9 @@ def paper_detector(args: argparse.Namespace):
     multibox = MultiBox(MultiBoxNet(800, priors), input_size=args.size)
     proposer = ProposalGenerator(dict(DOUBLED), multibox, cache=None, workers=args.workers)
     members = [random_member(i) for i in range(args.members)]
-    ensemble = Ensemble(members, precision="auto", chunk_size=args.chunk, compile=args.compile, input_size=args.size)
+    ensemble = Ensemble(
+        members, precision="auto", chunk_size=args.chunk, compile=args.compile, input_size=args.size
+    )
     return Detector(proposer, ensemble, default_classes(), input_size=args.size)
 
 
@@ -207,8 +229,13 @@ def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict
     res = {"proposals_per_image": float(np.mean(props)), "stages_s": mean}
     res |= {"serial_s_per_image": serial, "pipelined_s_per_image": pipelined}
     res["bound_s_per_image"] = max(mean.get("propose", 0.0), mean.get("score", 0.0))
-    print(f"\n== end to end, paper configuration ({args.members} members, S={args.size}) on {len(photos)} photos ==")
-    print(f"proposals/image {res['proposals_per_image']:.0f}; " + ", ".join(f"{k} {v:.2f} s" for k, v in mean.items()))
+    print(
+        f"\n== end to end, paper configuration ({args.members} members, S={args.size}) on {len(photos)} photos =="
+    )
+    print(
+        f"proposals/image {res['proposals_per_image']:.0f}; "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in mean.items())
+    )
     print(f"serial {serial:.2f} s/image; pipelined {pipelined:.2f} s/image; "
           f"max(propose, score) = {res['bound_s_per_image']:.2f} s")  # fmt: skip
     return res
@@ -221,7 +248,9 @@ def _memory_child(n_boxes: int, members: int, size: int, chunk: int, queue) -> N
     photo = load_photos(("astronaut",))[0]
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 400, size=(n_boxes, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(20, 110, size=(n_boxes, 2))], axis=1).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 110, size=(n_boxes, 2))], axis=1).astype(
+        np.float32
+    )
     ens = Ensemble([random_member(i) for i in range(members)], chunk_size=chunk, input_size=size)
     before = peak_rss_mb()
     ens.score_image(photo, boxes)
@@ -238,9 +267,13 @@ def bench_memory(args: argparse.Namespace) -> dict:
         before, peak = q.get()
         p.join()
         res[str(n)] = {"after_load_mb": before, "peak_mb": peak}
-    print(f"\n== peak resident memory, {args.members} members, chunk {args.chunk} (fresh process each) ==")
+    print(
+        f"\n== peak resident memory, {args.members} members, chunk {args.chunk} (fresh process each) =="
+    )
     for n, r in res.items():
-        print(f"{n:>6} proposals: {r['peak_mb']:.0f} MB peak ({r['after_load_mb']:.0f} MB after loading)")
+        print(
+            f"{n:>6} proposals: {r['peak_mb']:.0f} MB peak ({r['after_load_mb']:.0f} MB after loading)"
+        )
     return res
 
 
@@ -253,7 +286,9 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
 
     cfg = load_config("demo")
     if not models_are_built(cfg):
-        print("\n== accuracy: skipped (demo models not built: python -m detector.demo --build-only) ==")
+        print(
+            "\n== accuracy: skipped (demo models not built: python -m detector.demo --build-only) =="
+        )
         return {"skipped": "demo models not built"}
     from detector.datasets.demo import ensure_demo_dataset
     from detector.detector import Detector
@@ -275,7 +310,7 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
                        context_pad=det.context_pad, mean=det.mean, std=det.std)  # fmt: skip
         if precision == "int8":
             crops = torch.cat([warp_regions(im, p.boxes[:64], size=det.input_size, context_pad=det.context_pad,
-                                            mean=det.mean, std=det.std) for im, p in zip(images, proposals)])  # fmt: skip
+                                            mean=det.mean, std=det.std) for im, p in zip(images, proposals, strict=True)])  # fmt: skip
             ens.calibrate(crops)
         probs = [ens.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]
         dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, probs, strict=True)]
@@ -291,7 +326,9 @@ def compare(ref_probs, probs, ref_dets, dets) -> dict:
     from eval.recall import box_iou
 
     diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_probs, probs, strict=True) if len(a))
-    top1 = np.mean(np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(ref_probs, probs, strict=True)]))
+    top1 = np.mean(
+        np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(ref_probs, probs, strict=True)])
+    )
     matched = total = 0
     for r, d in zip(ref_dets, dets, strict=True):
         keep_r, keep_d = r.scores >= 0.1, d.scores >= 0.1
@@ -300,16 +337,24 @@ def compare(ref_probs, probs, ref_dets, dets) -> dict:
             iou = box_iou(r.boxes[keep_r], d.boxes[keep_d])
             same = r.labels[keep_r][:, None] == d.labels[keep_d][None, :]
             matched += int(((iou >= 0.5) & same).any(axis=1).sum())
-    return {"max_prob_diff": diff, "top1_agreement": float(top1), "detection_agreement": matched / max(total, 1)}
+    return {
+        "max_prob_diff": diff,
+        "top1_agreement": float(top1),
+        "detection_agreement": matched / max(total, 1),
+    }
 
 
 # ---- main ------------------------------------------------------------------------------------
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Speed and memory of the pipeline, side by side in one run.")
+    p = argparse.ArgumentParser(
+        description="Speed and memory of the pipeline, side by side in one run."
+    )
     p.add_argument("--output", default="runs/bench/bench.json", help="JSON file for all figures")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes: checks that the benchmark runs"
+    )
     p.add_argument("--sections", default="scoring,selective_search,end_to_end,memory,accuracy",
                    help="comma-separated sections to run")  # fmt: skip
     p.add_argument("--crops", type=int, default=256, help="crops scored per measurement")
@@ -319,11 +364,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="timed repeats (best is kept)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="include torch.compile (inductor) paths")  # fmt: skip
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="include the int8 path")
-    p.add_argument("--photos", type=int, default=len(PHOTOS), help="photos for the end-to-end section")
+    p.add_argument(
+        "--int8", action=argparse.BooleanOptionalAction, default=True, help="include the int8 path"
+    )
+    p.add_argument(
+        "--photos", type=int, default=len(PHOTOS), help="photos for the end-to-end section"
+    )
     p.add_argument("--workers", type=int, default=0, help="proposal workers (0 = all cores)")
-    p.add_argument("--memory-boxes", type=int, nargs="+", default=[256, 2048], help="proposal counts for memory")
-    p.add_argument("--accuracy-images", type=int, default=8, help="demo val images for the accuracy section")
+    p.add_argument(
+        "--memory-boxes",
+        type=int,
+        nargs="+",
+        default=[256, 2048],
+        help="proposal counts for memory",
+    )
+    p.add_argument(
+        "--accuracy-images", type=int, default=8, help="demo val images for the accuracy section"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     return p
 
@@ -347,6 +404,7 @@ def environment() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    tune_allocator()
     if args.quick:
         apply_quick(args)
     if args.threads:

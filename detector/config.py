@@ -137,8 +137,13 @@ class TrainConfig:
     val_every: int = 1  # epochs between validation mAP; 0 = never
     max_images: int = 0  # use at most this many training images; 0 = all
     # added by detector.train:
-    precision: str = "bf16"  # fp32 | bf16 (autocast; ~2x faster on CPUs with AMX/AVX-512 bf16) | auto
+    precision: str = (
+        "bf16"  # fp32 | bf16 (autocast; ~2x faster on CPUs with AMX/AVX-512 bf16) | auto
+    )
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: each rank takes cuda:LOCAL_RANK)
+    max_steps: int = (
+        0  # stop after this many mini-batches (bounds the demo); 0 = epochs x steps per epoch
+    )
 
 
 @dataclass

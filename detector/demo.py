@@ -27,6 +27,7 @@ from pathlib import Path
 
 from detector.config import Config, add_config_args, load_config
 from detector.paths import cache_root
+from detector.runtime import tune_allocator
 
 BUILD_RECORD = "build.json"
 
@@ -98,7 +99,11 @@ def build_models(cfg: Config, *, rebuild: bool = False) -> Path:
         train_member(member_cfg, i, out, resume=resume)
         timings[f"member_{i}"] = time.perf_counter() - t0
         print(f"[demo] member {i} trained in {timings[f'member_{i}']:.0f} s", flush=True)
-    record = {"key": build_key(cfg), "seconds": timings, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "key": build_key(cfg),
+        "seconds": timings,
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     tmp = out / (BUILD_RECORD + ".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, out / BUILD_RECORD)
@@ -111,8 +116,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_args(parser)
-    parser.add_argument("--rebuild", action="store_true", help="retrain the demo models even if built")
-    parser.add_argument("--build-only", action="store_true", help="build data and models, then stop")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="retrain the demo models even if built"
+    )
+    parser.add_argument(
+        "--build-only", action="store_true", help="build data and models, then stop"
+    )
     parser.add_argument(
         "--output-dir",
         default="runs/demo",
@@ -123,9 +132,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    tune_allocator()
     cfg = load_config(args.config, args.overrides)
     if not is_demo(cfg):
-        print("detector.demo: the config has data.root set; the demo uses data.root=''", file=sys.stderr)
+        print(
+            "detector.demo: the config has data.root set; the demo uses data.root=''",
+            file=sys.stderr,
+        )
         return 2
     from detector.datasets.demo import ensure_demo_dataset
 
@@ -133,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     root = ensure_demo_dataset(cfg)
     print(f"[demo] dataset: {root}", flush=True)
     build_models(cfg, rebuild=args.rebuild)
-    print(f"[demo] models: {demo_models_dir(cfg)} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    print(
+        f"[demo] models: {demo_models_dir(cfg)} ({time.perf_counter() - t0:.0f} s so far)",
+        flush=True,
+    )
     if args.build_only:
         return 0
     return run_and_evaluate(args, root, Path(args.output_dir))

@@ -8,8 +8,9 @@ the flips come from ``numpy.random.default_rng([seed, step])``, so ``--resume`` 
 number of DataLoader workers or DDP ranks see exactly the batches of an uninterrupted run.
 
 Horizontal flip augmentation flips the warped crop. That equals warping the mirrored box
-of the mirrored image (the warp samples a box symmetrically about its centre), and costs
-one ``torch.flip`` instead of a copy of the image.
+of the mirrored image (the warp samples a box symmetrically about its centre; only the
+rounding of the context box to whole pixels can differ by one pixel at exact .5 edges),
+and costs one ``torch.flip`` of the crop instead of a copy of the image.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from detector.outputs import (
     repair_jsonl,
     submission_lines,
 )
+from detector.runtime import tune_allocator
 
 STAGES = ("load", "propose", "score", "nms", "warp", "cnn", "wait")
 
@@ -121,6 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    tune_allocator()
     try:
         cfg = build_config(args)
         root = Path(args.images)

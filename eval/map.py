@@ -27,6 +27,7 @@ from pathlib import Path
 from detector.config import Config, ConfigError, add_config_args, load_config
 from detector.datasets.classes import DATA_DIR, load_classes
 from detector.paths import expand
+from detector.runtime import tune_allocator
 from detector.structures import ClassList, ImageRecord
 from eval.ilsvrc_ap import EvalResult, evaluate
 from eval.submission import (
@@ -107,6 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    tune_allocator()
     try:
         cfg = load_config(args.config, args.overrides)
         return run(args, cfg)

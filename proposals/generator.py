@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from detector.config import Config, ConfigError
 from detector.structures import Proposals, ProposalSource
@@ -63,8 +64,15 @@ class ProposalGenerator:
         self.workers = workers
 
     @classmethod
-    def from_config(cls, cfg: Config, device: str = "cpu") -> ProposalGenerator:
-        """Build from ``cfg.proposals``; an enabled MultiBox without a checkpoint is a ConfigError."""
+    def from_config(cls, cfg: Config, device: str | None = None) -> ProposalGenerator:
+        """Build from ``cfg.proposals``; an enabled MultiBox without a checkpoint is a ConfigError.
+
+        ``device`` (MultiBox's) defaults to ``cfg.inference.device`` ("auto": CUDA when present).
+        """
+        if device is None:
+            device = cfg.inference.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         ss_cfg = cfg.proposals.selective_search
         settings = None
         if ss_cfg.enabled:

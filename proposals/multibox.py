@@ -11,8 +11,7 @@ input_size, mean, std, transform_input).
 
 Examples:
     python -m proposals.multibox train --config demo
-    python -m proposals.multibox train --config ilsvrc2014 data.root=/data/ILSVRC2014 \
-        proposals.multibox.epochs=30 --output-dir runs/multibox
+    python -m proposals.multibox train --config ilsvrc2014 data.root=/data/ILSVRC2014 --output-dir runs/mb
     python -m proposals.multibox train --config demo --resume
     torchrun --nproc_per_node 2 -m proposals.multibox train --config demo
     python -m proposals.multibox propose --checkpoint runs/multibox/multibox.safetensors img.jpg
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 from torchvision.models import GoogLeNet_Weights, googlenet
 from torchvision.ops import nms
 
+from detector.runtime import tune_allocator
 from detector.structures import Proposals, ProposalSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, [0, 1] scale: what the torchvision weights expect
@@ -395,6 +395,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_allocator()
     if argv and argv[0] == "train":
         from proposals import multibox_train  # imports the training stack only when needed
 

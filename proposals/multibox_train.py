@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from detector.config import Config, add_config_args, load_config
-from detector.io import load_image
+from detector.io import ImageLoadError, load_image
 from detector.structures import ImageRecord
 from proposals.matching import loss_terms
 from proposals.multibox import (
@@ -94,7 +95,7 @@ def normalised_boxes(record: ImageRecord, width: int, height: int) -> np.ndarray
 
 def all_training_boxes(records: list[ImageRecord]) -> np.ndarray:
     """float32[M, 4]: every ground truth of the split, normalised (the k-means input)."""
-    parts = [normalised_boxes(r, *image_size(r)) for r in records]
+    parts = [normalised_boxes(r, *image_size(r)) for r in records if len(r.boxes)]
     return np.concatenate(parts) if parts else np.zeros((0, 4), np.float32)
 
 
@@ -117,9 +118,14 @@ class MultiBoxDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:
+        """None for an unreadable image (warned about): one bad file does not stop training."""
         rec = self.records[i]
-        image = load_image(rec.path, self.max_pixels)
+        try:
+            image = load_image(rec.path, self.max_pixels)
+        except ImageLoadError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            return None
         h, w = image.shape[:2]
         boxes = normalised_boxes(rec, w, h)
         # the DataLoader seeds torch per worker, so flips differ between workers and epochs
@@ -130,8 +136,12 @@ class MultiBoxDataset(Dataset):
         return x, torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4))
 
 
-def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[Tensor]]:
-    """-> images (Tensor[B, 3, S, S]), boxes (B tensors [M_b, 4])."""
+def collate(batch: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, list[Tensor]] | None:
+    """-> images (Tensor[B, 3, S, S]), boxes (B tensors [M_b, 4]); unreadable images left out
+    (None when none is left)."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
 
@@ -189,7 +199,8 @@ def train_multibox(
     Args:
         cfg: the config (``data.*``, ``proposals.multibox.*``, ``inference.device``).
         output_dir: where checkpoints and logs go (default ``proposals.multibox.output_dir``).
-        resume: continue from ``output_dir``'s ``train_state.pt`` and checkpoint.
+        resume: continue from ``output_dir``'s ``train_state.pt`` and checkpoint when both
+            exist (else start afresh).
         max_steps: stop after this many optimizer steps in all (tests, demo); None = epochs.
         progress: show a tqdm bar (rank 0).
     """
@@ -197,7 +208,12 @@ def train_multibox(
     out = Path(output_dir or mb.output_dir)
     d = setup_distributed(cfg.inference.device)
     torch.manual_seed(mb.seed + d.rank)
+    # rank 0 may have to generate the demo dataset first; the others wait for it
+    if d.world > 1 and not d.main:
+        dist.barrier()
     records = training_records(cfg)
+    if d.world > 1 and d.main:
+        dist.barrier()
     net, opt, start_epoch, step = _build(cfg, records, out, resume, d)
     model = DistributedDataParallel(net) if d.world > 1 else net
     dataset = MultiBoxDataset(
@@ -223,10 +239,8 @@ def train_multibox(
             break
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(
-                mb.seed + epoch
-            )  # the order of an epoch survives --resume
+        else:  # reseeded per epoch, so an epoch's order survives --resume
+            sampler.generator.manual_seed(mb.seed + epoch)
         step = _train_epoch(model, opt, loader, epoch, step, cfg, out, d, max_steps, progress)
         recompute_batchnorm(net, loader, mb.bn_batches, d.device)
         if d.main:
@@ -274,7 +288,10 @@ def _train_epoch(model, opt, loader, epoch, step, cfg, out, d, max_steps, progre
         loader, desc=f"multibox epoch {epoch}", disable=not (progress and d.main), leave=False
     )
     t0 = time.time()
-    for images, gts in bar:
+    for batch in bar:
+        if batch is None:
+            continue
+        images, gts = batch
         boxes, logits = model(images.to(d.device, non_blocking=True))
         location, confidence = loss_terms(boxes, logits, [g.to(d.device) for g in gts], mb.alpha)
         loss = location + confidence
@@ -320,8 +337,9 @@ def recompute_batchnorm(net: torch.nn.Module, loader: DataLoader, batches: int, 
         m.momentum = None  # cumulative average over the batches below
     net.train()
     with torch.no_grad():
-        for _, (images, _boxes) in zip(range(batches), loader, strict=False):
-            net(images.to(device))
+        for _, batch in zip(range(batches), loader, strict=False):
+            if batch is not None:
+                net(batch[0].to(device))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
 
@@ -375,9 +393,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
     try:
+        cfg = load_config(args.config, args.overrides)
         path = train_multibox(cfg, args.output_dir, resume=args.resume, max_steps=args.max_steps)
+    except (
+        ValueError,
+        FileNotFoundError,
+    ) as e:  # ConfigError, CheckpointError, AnnotationError, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

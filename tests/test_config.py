@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,9 @@ def test_rcnn_fast_preset_halves_superpixel_size() -> None:
 
 
 def test_override_parses_yaml_values() -> None:
-    cfg = load_config("ilsvrc2014", ["proposals.selective_search.ks=[50,100]", "inference.nms_iou=1"])
+    cfg = load_config(
+        "ilsvrc2014", ["proposals.selective_search.ks=[50,100]", "inference.nms_iou=1"]
+    )
     assert cfg.proposals.selective_search.ks == [50, 100]
     assert cfg.inference.nms_iou == 1.0 and isinstance(cfg.inference.nms_iou, float)
     apply_override(cfg, "proposals.multibox.enabled=false")
@@ -66,7 +69,7 @@ def test_missing_config_file_is_an_error() -> None:
 def test_digest_depends_on_settings_only(tmp_path) -> None:
     a = load_config("ilsvrc2014")
     copy = tmp_path / "copy.yaml"
-    copy.write_text((a.source and open(a.source).read()) or "")
+    copy.write_text(Path(a.source).read_text())
     b = load_config(copy)
     assert a.digest() == b.digest()
     apply_override(b, "inference.nms_iou=0.4")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from detector.config import load_config
-from detector.train import load_state, main, steps_per_epoch, train_member
+from detector.train import load_state, main, resume_key, steps_per_epoch, train_member
 
 COLOURS = {1: (220, 30, 30), 2: (30, 30, 220)}
 
@@ -168,3 +168,41 @@ def test_cli_and_empty_split(tmp_path, capsys):
     assert "no training regions" in capsys.readouterr().err
     assert main(["--member", "7", *cfg_args]) == 2  # demo config: members 0..5
     assert main(["bogus.key=1"]) == 2
+
+
+def test_region_pool_image_without_objects_and_failed_image():
+    from detector.region_dataset import build_region_pool
+    from detector.structures import ImageRecord, Proposals
+
+    with_object = ImageRecord("a", 1, None, 40, 40, [[0, 0, 10, 10]], [2])
+    no_objects = ImageRecord("b", 2, None, 40, 40)
+    failed = ImageRecord("c", 3, None, 40, 40, [[0, 0, 5, 5]], [1])
+    props = Proposals([[0, 0, 10, 6], [20, 20, 30, 30]], [np.nan] * 2, [0, 0])
+    pool = build_region_pool([with_object, no_objects, failed], [props, props, None])
+    np.testing.assert_array_equal(pool.image_idx, [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(pool.labels, [2, 2, 0, 0, 0])  # gt, IoU 0.6, bg; bg, bg
+    assert len(build_region_pool([], [])) == 0
+
+
+def test_flipping_the_crop_equals_warping_the_flipped_image():
+    """The flip augmentation (detector.region_dataset) is the mirror image's warp."""
+    from detector.warp import warp_regions
+
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3)).astype(np.uint8)
+    boxes = np.array([[10.3, 5.2, 50.7, 40.1], [0, 0, 80, 60], [30, 20, 35, 59]], np.float32)
+    mirrored = boxes.copy()
+    mirrored[:, 0], mirrored[:, 2] = 80 - boxes[:, 2], 80 - boxes[:, 0]
+    flipped_crops = warp_regions(image, boxes, size=32, context_pad=4).flip(3)
+    crops_of_flipped = warp_regions(
+        np.ascontiguousarray(image[:, ::-1]), mirrored, size=32, context_pad=4
+    )
+    torch.testing.assert_close(flipped_crops, crops_of_flipped, atol=1e-5, rtol=0)
+
+
+def test_resume_key_allows_more_epochs_only():
+    base = load_config(None, [])
+    assert resume_key(base) == resume_key(
+        load_config(None, ["train.epochs=50", "train.max_steps=9"])
+    )
+    assert resume_key(base) != resume_key(load_config(None, ["train.lr=0.5"]))
+    assert resume_key(base) != resume_key(load_config(None, ["model.input_size=96"]))

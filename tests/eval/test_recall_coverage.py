@@ -50,7 +50,9 @@ def test_union_ranks_multibox_first_and_reports_each_source() -> None:
     )
     ranked = ranked_boxes(p, (ProposalSource.SELECTIVE_SEARCH, ProposalSource.MULTIBOX), seed=0)
     assert ranked[0].tolist() == [0, 0, 11, 11] and ranked[1].tolist() == [50, 50, 60, 60]
-    rec = ImageRecord("a", 1, None, 100, 100, boxes=[[50, 50, 60, 60], [0, 0, 10, 10]], labels=[1, 2])
+    rec = ImageRecord(
+        "a", 1, None, 100, 100, boxes=[[50, 50, 60, 60], [0, 0, 10, 10]], labels=[1, 2]
+    )
     report = evaluate_proposals([rec], [p])
     assert report["sources"]["selective_search"]["coverage_50"] == 0.5
     assert report["sources"]["multibox"]["coverage_50"] == 1.0

