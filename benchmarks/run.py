@@ -1,7 +1,6 @@
 """Speed and memory of the pipeline, measured side by side in one run.
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 \\
-        python -m benchmarks.run --output runs/bench/bench.json
+    python -m benchmarks.run --output runs/bench/bench.json
     python -m benchmarks.run --quick          # small sizes: checks the benchmark itself works
 
 Sections (each prints a table; all figures go to the JSON file):
@@ -142,12 +141,13 @@ def bench_ensemble(crops: torch.Tensor, args: argparse.Namespace) -> tuple[dict,
     )
     ens.score(crops[: args.chunk])
     r = rate(lambda: ens.score(crops), len(crops), max(1, args.repeats - 1))
-    return {
+    res = {
         "members": args.members,
         "precision": ens.precision,
         "compiled": ens.compile,
         "crops_per_s": r,
     }
+    return res, ens
 
 
 def print_scoring(res: dict) -> None:
@@ -326,7 +326,7 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
 
 
 def compare(ref_probs, probs, ref_dets, dets) -> dict:
-    from eval.recall import box_iou
+    from detector.boxes import box_iou
 
     diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_probs, probs, strict=True) if len(a))
     top1 = np.mean(
@@ -407,14 +407,14 @@ def environment() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    tune_allocator()
+    allocator_tuned = tune_allocator()
     if args.quick:
         apply_quick(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    env = environment()
+    env = environment() | {"allocator_tuned": allocator_tuned}
     print(f"torch {env['torch']}, {env['cpu_threads']} threads, bf16 {env['bf16']}, "
-          f"GLIBC_TUNABLES={env['GLIBC_TUNABLES'] or '(unset: glibc may mmap/munmap every activation)'}")  # fmt: skip
+          f"glibc allocator tuned (mallopt: no mmap, no trim): {allocator_tuned}")  # fmt: skip
     sections = set(args.sections.split(","))
     photos = load_photos(PHOTOS[: max(args.photos, 1)])
     if args.quick:

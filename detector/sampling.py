@@ -17,32 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector.boxes import box_iou
+
 IGNORE = -1  # label of a region with bg_iou <= max IoU < fg_iou: neither positive nor background
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of internal xyxy boxes.
-
-    Args:
-        a (float32[N, 4]), b (float32[M, 4]).
-    Returns:
-        float32[N, M]; 0 where a box has no area.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    iw = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(
-        0
-    )
-    ih = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(
-        0
-    )
-    inter = iw * ih
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return iou.astype(np.float32)
 
 
 def label_proposals(
@@ -66,7 +43,7 @@ def label_proposals(
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     if len(gt_labels) == 0 or len(proposals) == 0:
         return np.zeros(len(proposals), np.int64), np.zeros(len(proposals), np.float32)
-    iou = box_iou(proposals, gt_boxes)  # (P, G)
+    iou = box_iou(proposals, gt_boxes).astype(np.float32)  # (P, G)
     best = iou.argmax(axis=1)  # first ground truth on ties (XML order)
     max_iou = iou[np.arange(len(proposals)), best]
     labels = np.full(len(proposals), IGNORE, np.int64)

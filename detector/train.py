@@ -64,6 +64,7 @@ from torch import nn
 
 from detector.config import Config, add_config_args, load_config
 from detector.datasets.ilsvrc import read_blacklist
+from detector.devices import select_device
 from detector.region_dataset import (
     ImageCache,
     RegionBatches,
@@ -104,18 +105,6 @@ def init_distributed(device: torch.device) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` = the local rank's GPU when there is one, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

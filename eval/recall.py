@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.boxes import box_iou
 from detector.structures import ImageRecord, Proposals, ProposalSource
 
 AR_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
@@ -35,19 +36,6 @@ SOURCES = {
     "multibox": (ProposalSource.MULTIBOX,),
     "union": (ProposalSource.SELECTIVE_SEARCH, ProposalSource.MULTIBOX),
 }
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every pair. a (float[N, 4]), b (float[M, 4]) internal xyxy -> float64[N, M]."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def best_overlaps(gt_boxes: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from detector.config import Config, add_config_args, load_config
+from detector.devices import select_device
 from detector.io import ImageLoadError, load_image
 from detector.structures import ImageRecord
 from proposals.matching import loss_terms
@@ -164,23 +165,12 @@ def setup_distributed(device: str) -> Dist:
     """Join the torchrun group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _resolve_device(device, local)
+    dev = select_device(device, local)
     if world <= 1:
         return Dist(0, 1, dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), dev)
-
-
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
 
 
 # ---------------------------------------------------------------------------------------
