@@ -175,7 +175,7 @@ def bench_selective_search(photos: list[np.ndarray]) -> dict:
     counts = [len(selective_search(p, **DOUBLED)) for p in photos]
     serial = (time.perf_counter() - t0) / len(photos)
     with SelectiveSearchPool(workers=0, **DOUBLED) as pool:
-        list(pool.map(photos[:1]))  # start the workers
+        list(pool.map(photos * available_cores()))  # start every worker (spawned lazily)
         t0 = time.perf_counter()
         list(pool.map(photos))
         pooled = (time.perf_counter() - t0) / len(photos)
