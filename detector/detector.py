@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +38,9 @@ BUILD_HINT = (
     "build the demo models with `python -m detector.demo --build-only`, "
     "or train members with `python -m detector.train`"
 )
+
+
+CALIBRATION_CROPS = 256  # int8: crops of the first image used to calibrate the activations
 
 
 class ModelSetupError(ValueError):
@@ -86,6 +90,7 @@ class Detector:
         self.max_per_class = int(max_per_class)
         self.max_detections = int(max_detections)
         self.max_pixels = int(max_pixels)
+        self._calibration_lock = threading.Lock()
 
     # ---- building --------------------------------------------------------------------------
 
@@ -205,6 +210,8 @@ class Detector:
         """
         if len(boxes) == 0:
             return np.zeros((0, len(self.classes) + 1), dtype=np.float32)
+        if getattr(self.ensemble, "needs_calibration", False):
+            self._calibrate(image, boxes)
         probs = self.ensemble.score_image(
             image,
             boxes,
@@ -214,6 +221,21 @@ class Detector:
             timings=timings,
         )
         return np.asarray(probs, dtype=np.float32)
+
+    def _calibrate(self, image: np.ndarray, boxes: np.ndarray) -> None:
+        """int8: calibrate the quantized members on the first image's warped proposals
+        (up to ``CALIBRATION_CROPS`` of them, spread over the proposal list)."""
+        from detector.warp import warp_regions
+
+        with self._calibration_lock:
+            if not self.ensemble.needs_calibration:
+                return
+            pick = np.linspace(0, len(boxes) - 1, min(len(boxes), CALIBRATION_CROPS)).astype(int)
+            crops = warp_regions(
+                image, boxes[pick], size=self.input_size, context_pad=self.context_pad,
+                mean=self.mean, std=self.std,
+            )  # fmt: skip
+            self.ensemble.calibrate(crops)
 
     def nms(self, boxes: np.ndarray, probs: np.ndarray) -> Detections:
         """Per-class greedy NMS over the class columns 1..K (background never detected)."""

@@ -148,6 +148,11 @@ class Ensemble:
     def __len__(self) -> int:
         return len(self.members)
 
+    @property
+    def needs_calibration(self) -> bool:
+        """True for int8 before :meth:`calibrate` has run."""
+        return self.precision == "int8" and self._runnable is None
+
     def calibrate(self, crops: torch.Tensor) -> None:
         """Quantize every member to int8 (FX post-training, x86 backend) on these crops.
 

@@ -186,3 +186,11 @@ def test_setup_errors_say_what_is_expected(models, tmp_path, monkeypatch):
     cfg = load_config(None, FAST)
     with pytest.raises(ModelSetupError, match=r"python -m detector\.demo"):
         Detector.from_config(cfg, device="cpu")
+
+
+def test_int8_calibrates_on_the_first_image(models, image) -> None:
+    det = Detector.from_config(fast_config(models, "inference.precision=int8"), device="cpu")
+    assert det.ensemble.needs_calibration
+    probs = det.score(image, det.propose(image).boxes)
+    assert not det.ensemble.needs_calibration
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)

@@ -7,7 +7,6 @@ every comparison vacuous) and whose logits are scaled to a spread of about 2.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -140,10 +139,7 @@ def test_bad_settings() -> None:
     assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
 
 
-@pytest.mark.skipif(
-    os.environ.get("INCEPTION_RCNN_COMPILE_TESTS") != "1",
-    reason="torch.compile of GoogLeNet takes minutes on 2 cores; set INCEPTION_RCNN_COMPILE_TESTS=1",
-)
+@pytest.mark.slow  # compiling one GoogLeNet: ~40 s on 2 cores
 def test_compiled_matches_eager(members) -> None:
     eager = Ensemble(members[:1], precision="fp32", input_size=S, chunk_size=8)
     compiled = Ensemble(members[:1], precision="fp32", input_size=S, chunk_size=8, compile=True)
