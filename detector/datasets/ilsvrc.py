@@ -35,12 +35,7 @@ def parse_annotation(
         AnnotationError naming the file and the missing or bad field.
     """
     path = Path(path)
-    try:
-        root = ElementTree.parse(str(path)).getroot()
-    except Exception as e:  # ParseError, DefusedXmlException, OSError
-        raise AnnotationError(
-            f"{path}: not a readable XML annotation ({type(e).__name__}: {e})"
-        ) from None
+    root = read_xml(path)
     width = _int_field(root, "size/width", path, default=0)
     height = _int_field(root, "size/height", path, default=0)
     boxes, labels = [], []
@@ -67,6 +62,16 @@ def parse_annotation(
         from_inclusive(np.array(boxes, dtype=np.float64)),
         np.array(labels, dtype=np.int64),
     )
+
+
+def read_xml(path: Path):
+    """The root element of an untrusted XML file (defusedxml); AnnotationError naming it."""
+    try:
+        return ElementTree.parse(str(path)).getroot()
+    except Exception as e:  # ParseError, DefusedXmlException, OSError
+        raise AnnotationError(
+            f"{path}: not a readable XML annotation ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _int_field(node, tag: str, path: Path, default: int) -> int:

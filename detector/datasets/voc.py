@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from defusedxml import ElementTree
 
-from detector.datasets.ilsvrc import AnnotationError
+from detector.datasets.ilsvrc import AnnotationError, read_xml
 from detector.structures import ClassList, ImageRecord
 
 VOC_CLASSES = (
@@ -44,12 +43,7 @@ def parse_voc_annotation(
         AnnotationError naming the file, the object and the field.
     """
     path = Path(path)
-    try:
-        root = ElementTree.parse(str(path)).getroot()
-    except Exception as e:  # ParseError, DefusedXmlException, OSError
-        raise AnnotationError(
-            f"{path}: not a readable XML annotation ({type(e).__name__}: {e})"
-        ) from None
+    root = read_xml(path)
     width = int(_number(root, "size/width", path, "image", default=0))
     height = int(_number(root, "size/height", path, "image", default=0))
     boxes, labels = [], []
