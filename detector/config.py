@@ -57,9 +57,7 @@ class SelectiveSearchConfig:
     )
     min_side: int = 20  # boxes with a side below this (in resized pixels) are dropped
     workers: int = 0  # process-pool size; 0 = all cores
-    cache_dir: str = (
-        ""  # on-disk proposal cache; "" = ~/.cache/inception-rcnn/proposals, "none" = off
-    )
+    cache_dir: str = ""  # proposal cache; "" = <cache>/proposals (detector.paths), "none" = off
 
 
 @dataclass

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from detector.config import Config, ConfigError
+from detector.paths import cache_root, expand
 from detector.structures import Proposals, ProposalSource
 from proposals.cache import ProposalCache, cache_key
 from proposals.merge import merge_proposals
@@ -33,7 +33,6 @@ from proposals.multibox import MultiBox
 from proposals.pool import SelectiveSearchPool
 from proposals.selective_search import selective_search
 
-DEFAULT_CACHE_DIR = "~/.cache/inception-rcnn/proposals"
 # SelectiveSearchConfig fields that are not selective_search() arguments
 _NOT_SETTINGS = ("enabled", "workers", "cache_dir")
 
@@ -179,4 +178,4 @@ def _multibox_from_config(cfg: Config, device: str) -> MultiBox | None:
 def _cache_from_config(cache_dir: str) -> ProposalCache | None:
     if cache_dir.lower() == "none":
         return None
-    return ProposalCache(Path(cache_dir or DEFAULT_CACHE_DIR).expanduser())
+    return ProposalCache(expand(cache_dir) if cache_dir else cache_root() / "proposals")
