@@ -101,11 +101,12 @@ def test_config_errors(checkpoint):
         ProposalGenerator.from_config(_config(**{"proposals.multibox.checkpoint": str(checkpoint)}))
 
 
-def test_default_cache_dir_and_disabled_search():
+def test_default_cache_dir_and_disabled_search(tmp_path, monkeypatch):
+    monkeypatch.setenv("INCEPTION_RCNN_CACHE", str(tmp_path / "cache"))
     cfg = _config(
         **{"proposals.multibox.enabled": "false", "proposals.selective_search.enabled": "false"}
     )
     gen = ProposalGenerator.from_config(cfg)
     assert gen.ss_settings is None
-    assert gen.cache.directory == ProposalCache("~/.cache/inception-rcnn/proposals").directory
+    assert gen.cache.directory == ProposalCache(tmp_path / "cache" / "proposals").directory
     assert len(gen(np.zeros((0, 0, 3), np.uint8))) == 0
