@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from detector.config import Config
+from detector.demo import with_demo_defaults
 from detector.io import DEFAULT_MAX_PIXELS, ImageLike, read_image
 from detector.structures import ClassList, Detections, Proposals
 
@@ -107,11 +108,11 @@ class Detector:
         import torch
 
         from detector.classifier import CheckpointError, classes_from_metadata, load_members
-        from detector.ensemble import Ensemble
+        from detector.ensemble import Ensemble, resolve_device
         from proposals.generator import ProposalGenerator
 
-        cfg = _with_demo_defaults(cfg)
-        dev = resolve_device(device or cfg.inference.device)
+        cfg = with_demo_defaults(cfg)
+        dev = str(resolve_device(device or cfg.inference.device))
         if cfg.inference.threads > 0:
             torch.set_num_threads(cfg.inference.threads)
         paths = member_paths(cfg)
@@ -339,15 +340,6 @@ def _available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def member_paths(cfg: Config) -> list[Path]:
     """The member checkpoints: ``model.checkpoints``, else ``member_*.safetensors`` in
     ``model.checkpoint_dir``; exactly ``model.members`` of them, all present.
@@ -419,12 +411,3 @@ def _config_classes(cfg: Config, meta: dict[str, Any]) -> ClassList:
             f"{cfg.data.classes or 'ILSVRC 200'} has {len(classes)} classes + background"
         )
     return classes
-
-
-def _with_demo_defaults(cfg: Config) -> Config:
-    """The demo config finds its built models without further settings."""
-    try:
-        from detector.demo import with_demo_defaults
-    except ImportError:
-        return cfg
-    return with_demo_defaults(cfg)
