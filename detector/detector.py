@@ -8,16 +8,20 @@
     d = det("photo.jpg")                 # or a numpy array, a PIL image, or a list of them
     print(d.boxes, d.scores, d.class_names, d.timings)
 
-    for item, result in det.detect_many(paths, workers=2):  # proposals pipelined in threads
-        ...                                                  # result: Detections or Exception
+    for item, result in det.detect_many(paths, workers=2):  # next images' proposals computed
+        ...                                                  # in worker processes meanwhile;
+                                                             # result: Detections or Exception
 
 Thread safety: ``__call__`` keeps no state between calls (every intermediate is local and
 the models run in eval mode), so calls may run concurrently from several threads on one
 ``Detector``; ``detect_many`` does exactly that, with a private thread pool per call.
+``detect_many`` also starts selective-search worker processes (``spawn``): scripts that call
+it need the usual ``if __name__ == "__main__":`` guard, or ``processes=False``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -53,7 +57,9 @@ class Detector:
 
     Args:
         proposer: callable ``image (uint8[H, W, 3]) -> Proposals`` (a ``ProposalGenerator``);
-            thread-safe (:meth:`detect_many` calls it from worker threads).
+            thread-safe (:meth:`detect_many` calls it from worker threads). If it has
+            ``process_pool(workers)`` (as ``ProposalGenerator`` does), ``detect_many`` opens
+            that pool and calls ``proposer(image, pool=pool)``.
         ensemble: object with ``score_image(image, boxes, context_pad, mean, std)``
             returning averaged softmax probabilities ``float32[N, K + 1]`` (column 0 background).
         classes: the K classes, in class-id order.
@@ -259,45 +265,58 @@ class Detector:
         )
 
     def detect_many(
-        self, items: Iterable[ImageLike], workers: int = 0
+        self, items: Iterable[ImageLike], workers: int = 0, *, processes: bool = True
     ) -> Iterator[tuple[ImageLike, Detections | Exception]]:
-        """Detect on many images, loading and proposing the next ones in worker threads
-        while the current one is scored (pipelining).
+        """Detect on many images, proposing for the next ones while the current one is scored
+        (pipelining): end-to-end time tends to max(proposal time / workers, scoring time).
 
-        Threads, not processes: OpenCV's selective search and torch release the GIL
-        (a Python loop kept running at full rate beside a selective-search thread), so
-        threads run it in parallel without spawning, pickling images, or bypassing the
-        proposer's cache. At most ``workers + 1`` images are decoded ahead.
+        Threads load each image, look up its cached selective-search boxes and run MultiBox
+        (torch releases the GIL); uncached selective search, single-threaded C++, runs in a
+        pool of ``workers`` spawned processes. At most ``workers + 1`` images are ahead.
 
         Yields ``(item, Detections)`` or ``(item, Exception)`` in input order; a bad image
         never stops the iteration. ``timings`` holds the workers' ``load`` and ``propose``
         seconds and ``wait``, the time scoring waited for them.
 
         Args:
-            workers: threads computing proposals; 0 = all available cores.
+            workers: images proposed at once; 0 = all available cores.
+            processes: False keeps selective search in the threads (no process is started).
         """
         threads = workers if workers > 0 else _available_cores()
+        make_pool = getattr(self.proposer, "process_pool", None) if processes else None
+        ss_pool = make_pool(threads) if make_pool is not None else None
+        with ss_pool if ss_pool is not None else contextlib.nullcontext():
+            yield from self._pipeline(items, threads, ss_pool)
+
+    def _pipeline(
+        self, items: Iterable[ImageLike], threads: int, ss_pool: Any
+    ) -> Iterator[tuple[ImageLike, Detections | Exception]]:
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="propose")
         window: deque[tuple[ImageLike, Future]] = deque()
         todo = iter(items)
         try:
             for item in itertools.islice(todo, threads + 1):
-                window.append((item, pool.submit(self._prepare, item)))
+                window.append((item, pool.submit(self._prepare, item, ss_pool)))
             while window:
                 item, future = window.popleft()
                 for nxt in itertools.islice(todo, 1):
-                    window.append((nxt, pool.submit(self._prepare, nxt)))
+                    window.append((nxt, pool.submit(self._prepare, nxt, ss_pool)))
                 yield item, self._finish(future)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _prepare(self, x: ImageLike) -> tuple[np.ndarray, Proposals, _Clock] | Exception:
+    def _prepare(
+        self, x: ImageLike, ss_pool: Any = None
+    ) -> tuple[np.ndarray, Proposals, _Clock] | Exception:
         """Worker body: load and propose; never raises."""
         try:
             clock = _Clock()
             image = read_image(x, self.max_pixels)
             clock.lap("load")
-            proposals = self.propose(image)
+            if ss_pool is None:
+                proposals = self.propose(image)
+            else:
+                proposals = self.proposer(image, pool=ss_pool)
             clock.lap("propose")
             return image, proposals, clock
         except Exception as e:  # noqa: BLE001 - the image's result, reported by the caller

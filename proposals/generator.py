@@ -85,9 +85,14 @@ class ProposalGenerator:
             ss_cfg.workers,
         )
 
-    def __call__(self, image: np.ndarray) -> Proposals:
-        """image (uint8[H, W, 3]) -> merged Proposals (see ``proposals.merge``)."""
-        ss = self._selective_search(image)
+    def __call__(self, image: np.ndarray, pool: SelectiveSearchPool | None = None) -> Proposals:
+        """image (uint8[H, W, 3]) -> merged Proposals (see ``proposals.merge``).
+
+        Args:
+            pool: an open :meth:`process_pool`; uncached selective search then runs in one of
+                its worker processes (this call waits for it) instead of in this thread.
+        """
+        ss = self._selective_search(image, pool)
         mb = self.multibox.propose(image) if self.multibox is not None else Proposals()
         return merge_proposals(ss, mb)
 
@@ -113,15 +118,30 @@ class ProposalGenerator:
             ss = ss_future.result()
         return [merge_proposals(s, m) for s, m in zip(ss, mb, strict=True)]
 
-    def _selective_search(self, image: np.ndarray) -> np.ndarray:
-        """float32[N, 4] boxes of one image, from the cache when there."""
+    def process_pool(self, workers: int | None = None) -> SelectiveSearchPool | None:
+        """A (not yet entered) pool of selective-search worker processes with this
+        generator's settings, for :meth:`__call__`; None when selective search is off.
+
+        Args:
+            workers: processes; None = the generator's ``workers``; 0 = all cores.
+        """
+        if self.ss_settings is None:
+            return None
+        return SelectiveSearchPool(self.workers if workers is None else workers, **self.ss_settings)
+
+    def _selective_search(
+        self, image: np.ndarray, pool: SelectiveSearchPool | None = None
+    ) -> np.ndarray:
+        """float32[N, 4] boxes of one image, from the cache when there, else computed here
+        or, given an open pool, in a worker process."""
         if self.ss_settings is None:
             return np.zeros((0, 4), np.float32)
         key = self._key(image)
         cached = self.cache.get(key) if key else None
         if cached is not None:
             return cached.boxes
-        boxes = selective_search(image, **self.ss_settings)
+        run_here = pool is None
+        boxes = selective_search(image, **self.ss_settings) if run_here else pool.run(image)
         if key:
             self.cache.put(key, _as_ss_proposals(boxes))
         return boxes

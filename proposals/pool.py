@@ -107,6 +107,18 @@ class SelectiveSearchPool:
         while pending:
             yield pending.popleft().result()
 
+    def run(self, item: Item) -> np.ndarray:
+        """Boxes (float32[N, 4]) of one item, computed in a worker process. Blocks; safe to
+        call from several threads at once (that is how :meth:`Detector.detect_many` feeds it).
+
+        Raises:
+            ProposalError: selective search failed on the item.
+        """
+        result = self._submit(item).result()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     def imap_unordered(self, items: Iterable[Item]) -> Iterator[tuple[int, Result]]:
         """``(index, boxes or ProposalError)`` pairs as they finish; index is the item's position."""
         running: dict[Future, int] = {}

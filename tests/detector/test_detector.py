@@ -138,6 +138,21 @@ def test_detect_many_in_order_with_failures(detector, image, reference, tmp_path
     assert list(detector.detect_many([], workers=2)) == []
 
 
+def test_detect_many_runs_selective_search_in_worker_processes(
+    detector, image, reference, monkeypatch
+):
+    def not_here(*args, **kwargs):
+        raise AssertionError("selective search ran in the main process")
+
+    monkeypatch.setattr("proposals.generator.selective_search", not_here)
+    results = list(detector.detect_many([image, image], workers=2))
+    for _, d in results:
+        assert_same(d, reference)
+    # processes=False keeps the search in this process's threads, where it now fails
+    (_, failed), *_ = detector.detect_many([image], workers=1, processes=False)
+    assert isinstance(failed, AssertionError)
+
+
 def test_concurrent_calls_match_sequential(detector, image, reference):
     expected = reference
     out: list = [None, None]

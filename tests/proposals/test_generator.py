@@ -59,6 +59,28 @@ def test_selective_search_only_is_cached(image, tmp_path):
     np.testing.assert_array_equal(gen(image).boxes, planted)
 
 
+def test_process_pool_computes_uncached_search_in_workers(image, tmp_path, monkeypatch):
+    cfg = _config(
+        **{
+            "proposals.multibox.enabled": "false",
+            "proposals.selective_search.cache_dir": str(tmp_path),
+        }
+    )
+    gen = ProposalGenerator.from_config(cfg)
+    expected = selective_search(image, **gen.ss_settings)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("selective search ran in the calling process")
+
+    monkeypatch.setattr("proposals.generator.selective_search", not_here)
+    with gen.process_pool(workers=1) as pool:
+        np.testing.assert_array_equal(gen(image, pool=pool).boxes, expected)
+    assert gen.cache.get(cache_key(image, gen.ss_settings)) is not None  # cached by the caller
+    np.testing.assert_array_equal(gen(image).boxes, expected)  # now from the cache, no search
+    gen.ss_settings = None
+    assert gen.process_pool() is None
+
+
 def test_both_sources_merged(image, checkpoint):
     cfg = _config(
         **{

@@ -37,6 +37,9 @@ def test_pool_matches_serial_and_survives_bad_items(tmp_path, photos, serial):
     with SelectiveSearchPool(workers=2, **SETTINGS) as pool:
         results = list(pool.map(items))
         unordered = dict(pool.imap_unordered([photos[0], missing]))
+        assert np.array_equal(pool.run(photos[1]), serial[1])
+        with pytest.raises(ProposalError, match="missing.jpg"):
+            pool.run(missing)
 
     assert len(results) == len(items)
     for index, want in [(0, serial[0]), (2, serial[1]), (5, serial[1])]:
