@@ -6,7 +6,8 @@
 Sections (each prints a table; all figures go to the JSON file):
 1. scoring: crops/s of one GoogLeNet (201 outputs, S = 224) on warped crops of real photos,
    plain eager fp32 torchvision (NCHW) beside our paths (fp32 channels_last, bf16, compiled
-   bf16, int8), with the ratio to the eager baseline; then the six-member ensemble.
+   bf16, int8), with the ratio to the eager baseline and the fraction of this machine's
+   measured matrix-multiply peak in the same number format; then the six-member ensemble.
 2. selective search: seconds per image, one process and the pool with all cores.
 3. end to end: the paper configuration (doubled selective search + 200 MultiBox boxes,
    six members at 224, 16 px context) on real photographs, seconds per image by stage,
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.roofline import crop_gflop, matmul_peaks
 from detector.classifier import build_googlenet
 from detector.ensemble import Ensemble, cpu_supports_bf16
 from detector.runtime import tune_allocator
@@ -57,9 +59,14 @@ def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
     return [np.ascontiguousarray(getattr(data, n)()[..., :3]) for n in names]
 
 
-def real_crops(photos: list[np.ndarray], n: int, size: int) -> torch.Tensor:
+def search_settings(args: argparse.Namespace) -> dict:
+    """The paper's doubled selective search; ``--quick`` searches at a smaller width."""
+    return {**DOUBLED, "resize_width": args.search_width or DOUBLED["resize_width"]}
+
+
+def real_crops(photos: list[np.ndarray], n: int, size: int, settings: dict) -> torch.Tensor:
     """n warped crops (float32[n, 3, S, S]) of selective-search boxes on real photos."""
-    boxes_per = [selective_search(p, **DOUBLED) for p in photos]
+    boxes_per = [selective_search(p, **settings) for p in photos]
     crops = []
     for photo, boxes in zip(photos, boxes_per, strict=True):
         crops.append(warp_regions(photo, boxes[: n // len(photos) + 1], size=size))
@@ -120,13 +127,27 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
         if setup > 1.0:
             rows[name + " (setup s)"] = setup
     base = rows["eager fp32 NCHW (torchvision)"]
-    per_model = {
-        k: {"crops_per_s": v, "ratio": v / base} for k, v in rows.items() if "setup" not in k
-    }
+    gflop = crop_gflop(member, crops.shape[-1])
+    peaks = matmul_peaks(args.peak_size)
+    formats = {name: precision for name, precision, _ in settings}
+    per_model = {}
+    for k, v in rows.items():
+        if "setup" in k:
+            continue
+        peak = peaks.get(formats.get(k, "fp32"))
+        per_model[k] = {"crops_per_s": v, "ratio": v / base, "gflop_per_s": v * gflop}
+        per_model[k]["fraction_of_peak"] = v * gflop / peak if peak else None
     setup = {k.replace(" (setup s)", ""): v for k, v in rows.items() if "setup" in k}
     ensemble, args.ensemble = bench_ensemble(crops, args)  # reused end to end (compiled once)
     ensemble["ratio_vs_eager_fp32_per_model"] = ensemble["crops_per_s"] * args.members / base
-    return {"per_model": per_model, "setup_seconds": setup, "ensemble": ensemble, "crops": n}
+    return {
+        "per_model": per_model,
+        "setup_seconds": setup,
+        "ensemble": ensemble,
+        "crops": n,
+        "gflop_per_crop": gflop,
+        "matmul_peak_gflop_per_s": peaks,
+    }
 
 
 def bench_ensemble(crops: torch.Tensor, args: argparse.Namespace) -> tuple[dict, Ensemble]:
@@ -151,10 +172,17 @@ def bench_ensemble(crops: torch.Tensor, args: argparse.Namespace) -> tuple[dict,
 
 
 def print_scoring(res: dict) -> None:
-    print(f"\n== region scoring: one GoogLeNet, {res['crops']} crops of real photos ==")
-    print(f"{'path':<34}{'crops/s':>10}{'x eager fp32':>14}")
+    print(f"\n== region scoring: one GoogLeNet ({res['gflop_per_crop']:.2f} GFLOP a crop), "
+          f"{res['crops']} crops of real photos ==")  # fmt: skip
+    peaks = res["matmul_peak_gflop_per_s"]
+    print("matrix-multiply peak of this machine, GFLOP/s: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))  # fmt: skip
+    print(f"{'path':<34}{'crops/s':>10}{'x eager fp32':>14}{'GFLOP/s':>10}{'of peak':>9}")
     for name, row in res["per_model"].items():
-        print(f"{name:<34}{row['crops_per_s']:>10.1f}{row['ratio']:>14.2f}")
+        frac = row["fraction_of_peak"]
+        of_peak = "-" if frac is None else f"{frac:.0%}"
+        print(f"{name:<34}{row['crops_per_s']:>10.1f}{row['ratio']:>14.2f}"
+              f"{row['gflop_per_s']:>10.0f}{of_peak:>9}")  # fmt: skip
     for name, s in res["setup_seconds"].items():
         print(f"  setup of {name}: {s:.1f} s (once per process)")
     e = res["ensemble"]
@@ -168,20 +196,20 @@ def print_scoring(res: dict) -> None:
 # ---- 2. selective search ---------------------------------------------------------------------
 
 
-def bench_selective_search(photos: list[np.ndarray]) -> dict:
+def bench_selective_search(photos: list[np.ndarray], settings: dict) -> dict:
     from proposals.pool import SelectiveSearchPool, available_cores
 
     t0 = time.perf_counter()
-    counts = [len(selective_search(p, **DOUBLED)) for p in photos]
+    counts = [len(selective_search(p, **settings)) for p in photos]
     serial = (time.perf_counter() - t0) / len(photos)
-    with SelectiveSearchPool(workers=0, **DOUBLED) as pool:
+    with SelectiveSearchPool(workers=0, **settings) as pool:
         list(pool.map(photos * available_cores()))  # start every worker (spawned lazily)
         t0 = time.perf_counter()
         list(pool.map(photos))
         pooled = (time.perf_counter() - t0) / len(photos)
     res = {"boxes_per_image": float(np.mean(counts)), "serial_s_per_image": serial}
     res |= {"pool_s_per_image": pooled, "pool_workers": available_cores()}
-    print("\n== selective search (doubled superpixels, width 500) ==")
+    print(f"\n== selective search (doubled superpixels, width {settings['resize_width']}) ==")
     print(f"boxes/image {res['boxes_per_image']:.0f}; one process {serial:.2f} s/image; "
           f"pool of {res['pool_workers']} {pooled:.2f} s/image")  # fmt: skip
     return res
@@ -190,8 +218,9 @@ def bench_selective_search(photos: list[np.ndarray]) -> dict:
 # ---- 3. end to end ---------------------------------------------------------------------------
 
 
-def paper_detector(args: argparse.Namespace):
-    """The paper configuration with random weights: 6 members, 224, MultiBox K=800 top 200."""
+def paper_detector(args: argparse.Namespace, precision: str = "auto"):
+    """The paper configuration with random weights: 6 members, 224, MultiBox K=800 top 200.
+    ``precision`` int8: the Detector calibrates on the first image's crops."""
     from detector.datasets import default_classes
     from detector.detector import Detector
     from proposals.generator import ProposalGenerator
@@ -201,10 +230,11 @@ def paper_detector(args: argparse.Namespace):
     priors = torch.rand(800, 2) * 0.5
     priors = torch.cat([priors, priors + 0.3 + torch.rand(800, 2) * 0.2], dim=1)
     multibox = MultiBox(MultiBoxNet(800, priors), input_size=args.size)
-    proposer = ProposalGenerator(dict(DOUBLED), multibox, cache=None, workers=args.workers)
-    ensemble = getattr(args, "ensemble", None) or Ensemble(
+    proposer = ProposalGenerator(search_settings(args), multibox, cache=None, workers=args.workers)
+    reuse = getattr(args, "ensemble", None) if precision == "auto" else None
+    ensemble = reuse or Ensemble(
         [random_member(i) for i in range(args.members)],
-        precision="auto",
+        precision=precision,
         chunk_size=args.chunk,
         compile=args.compile,
         input_size=args.size,
@@ -213,8 +243,18 @@ def paper_detector(args: argparse.Namespace):
 
 
 def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict:
-    det = paper_detector(args)
-    det(photos[0][:64, :64])  # warm-up (compiles when asked)
+    """The default path, and int8 (calibrated on the first photo) when --int8."""
+    res = {"default": end_to_end(photos, args, "auto")}
+    if args.int8:
+        res["int8"] = end_to_end(photos, args, "int8")
+    return res
+
+
+def end_to_end(photos: list[np.ndarray], args: argparse.Namespace, precision: str) -> dict:
+    det = paper_detector(args, precision)
+    # warm-up: int8 calibrates on the first photo's proposals (as in use); compiled
+    # members were compiled by the scoring section, or compile here on a small image
+    det(photos[0] if precision == "int8" else photos[0][:64, :64])
     stages: dict[str, list[float]] = {}
     props = []
     t0 = time.perf_counter()
@@ -224,23 +264,22 @@ def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict
         for k, v in d.timings.items():
             stages.setdefault(k, []).append(v)
     serial = (time.perf_counter() - t0) / len(photos)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # no proposal cache: detect_many redoes every search
     results = list(det.detect_many(photos, workers=args.workers))
     pipelined = (time.perf_counter() - t0) / len(photos)
     assert not any(isinstance(r, Exception) for _, r in results)
     mean = {k: float(np.mean(v)) for k, v in stages.items()}
-    res = {"proposals_per_image": float(np.mean(props)), "stages_s": mean}
-    res |= {"serial_s_per_image": serial, "pipelined_s_per_image": pipelined}
+    res = {"precision": det.ensemble.precision, "proposals_per_image": float(np.mean(props))}
+    res |= {"stages_s": mean, "serial_s_per_image": serial, "pipelined_s_per_image": pipelined}
     res["bound_s_per_image"] = max(mean.get("propose", 0.0), mean.get("score", 0.0))
-    print(
-        f"\n== end to end, paper configuration ({args.members} members, S={args.size}) on {len(photos)} photos =="
-    )
+    print(f"\n== end to end, paper configuration ({args.members} members, S={args.size}, "
+          f"{res['precision']}) on {len(photos)} photos ==")  # fmt: skip
     print(
         f"proposals/image {res['proposals_per_image']:.0f}; "
         + ", ".join(f"{k} {v:.2f} s" for k, v in mean.items())
     )
-    print(f"serial {serial:.2f} s/image; pipelined {pipelined:.2f} s/image; "
-          f"max(propose, score) = {res['bound_s_per_image']:.2f} s")  # fmt: skip
+    print(f"serial {serial:.2f} s/image; pipelined (selective search in worker processes) "
+          f"{pipelined:.2f} s/image; max(propose, score) = {res['bound_s_per_image']:.2f} s")  # fmt: skip
     return res
 
 
@@ -385,12 +424,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--accuracy-images", type=int, default=8, help="demo val images for the accuracy section"
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--search-width", type=int, default=0,
+                   help="selective search resize width (0 = the paper's 500)")  # fmt: skip
+    p.add_argument("--peak-size", type=int, default=2048,
+                   help="n of the n x n x n matrix products that measure the peak")  # fmt: skip
     return p
 
 
 def apply_quick(args: argparse.Namespace) -> None:
     args.crops, args.chunk, args.members, args.size, args.repeats = 16, 8, 2, 64, 1
     args.compile, args.photos, args.memory_boxes, args.accuracy_images = False, 1, [16, 64], 2
+    args.peak_size, args.search_width = 256, 100
 
 
 def environment() -> dict:
@@ -421,10 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         photos = [p[::4, ::4].copy() for p in photos]
     report: dict = {"environment": env, "settings": dict(vars(args))}
     if "scoring" in sections:
-        report["scoring"] = bench_scoring(real_crops(photos, args.crops, args.size), args)
+        crops = real_crops(photos, args.crops, args.size, search_settings(args))
+        report["scoring"] = bench_scoring(crops, args)
         print_scoring(report["scoring"])
     if "selective_search" in sections:
-        report["selective_search"] = bench_selective_search(photos)
+        report["selective_search"] = bench_selective_search(photos, search_settings(args))
     if "end_to_end" in sections:
         report["end_to_end"] = bench_end_to_end(photos, args)
     if "memory" in sections:

@@ -93,6 +93,14 @@ def test_int8_after_calibration(members) -> None:
     assert np.abs(probs - fp32).mean() < 0.1  # experimental: loose, see the module notes
 
 
+def test_int8_quantizes_every_convolution(members) -> None:
+    ens = Ensemble(members[:1], precision="int8", input_size=S, chunk_size=16)
+    ens.calibrate(CROPS)
+    (model,) = ens._models()
+    quantized = [m for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.")]
+    assert len(quantized) >= 57  # GoogLeNet's 57 convolutions (BN and ReLU fused in) at least
+
+
 def test_empty_inputs(members) -> None:
     ens = Ensemble(members, precision="fp32", input_size=S)
     assert ens.score(CROPS[:0]).shape == (0, C)
