@@ -61,7 +61,7 @@ def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
 
 def search_settings(args: argparse.Namespace) -> dict:
     """The paper's doubled selective search; ``--quick`` searches at a smaller width."""
-    return {**DOUBLED, "resize_width": args.search_width or DOUBLED["resize_width"]}
+    return {**DOUBLED, "resize_width": args.search_width} if args.search_width else dict(DOUBLED)
 
 
 def real_crops(photos: list[np.ndarray], n: int, size: int, settings: dict) -> torch.Tensor:
@@ -209,7 +209,9 @@ def bench_selective_search(photos: list[np.ndarray], settings: dict) -> dict:
         pooled = (time.perf_counter() - t0) / len(photos)
     res = {"boxes_per_image": float(np.mean(counts)), "serial_s_per_image": serial}
     res |= {"pool_s_per_image": pooled, "pool_workers": available_cores()}
-    print(f"\n== selective search (doubled superpixels, width {settings['resize_width']}) ==")
+    print(
+        f"\n== selective search (doubled superpixels, width {settings.get('resize_width', 500)}) =="
+    )
     print(f"boxes/image {res['boxes_per_image']:.0f}; one process {serial:.2f} s/image; "
           f"pool of {res['pool_workers']} {pooled:.2f} s/image")  # fmt: skip
     return res

@@ -115,6 +115,7 @@ class InferenceConfig:
     max_per_class: int = 100  # per image (R-CNN on ILSVRC)
     max_detections: int = 0  # per image over all classes; 0 = no limit
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    calibration_images: int = 8  # int8: detect_many calibrates on its first N images
 
 
 @dataclass

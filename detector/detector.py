@@ -45,7 +45,9 @@ BUILD_HINT = (
 )
 
 
-CALIBRATION_CROPS = 256  # int8: crops of the first image used to calibrate the activations
+CALIBRATION_CROPS = (
+    256  # int8: warped proposals that calibrate the activations, all images together
+)
 
 
 class ModelSetupError(ValueError):
@@ -67,6 +69,8 @@ class Detector:
         mean, std: RGB normalisation in [0, 1] scale, as the members were trained.
         nms_iou, score_threshold, max_per_class, max_detections: per-class NMS settings.
         max_pixels: images above this many pixels are refused (``ImageLoadError``).
+        calibration_images: an int8 ensemble is calibrated on the first this many images of
+            :meth:`detect_many` (see :meth:`calibrate`).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class Detector:
         max_per_class: int = 100,
         max_detections: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        calibration_images: int = 8,
     ):
         self.proposer = proposer
         self.ensemble = ensemble
@@ -97,6 +102,7 @@ class Detector:
         self.max_per_class = int(max_per_class)
         self.max_detections = int(max_detections)
         self.max_pixels = int(max_pixels)
+        self.calibration_images = int(calibration_images)
         self._calibration_lock = threading.Lock()
 
     # ---- building --------------------------------------------------------------------------
@@ -218,7 +224,7 @@ class Detector:
         if len(boxes) == 0:
             return np.zeros((0, len(self.classes) + 1), dtype=np.float32)
         if getattr(self.ensemble, "needs_calibration", False):
-            self._calibrate(image, boxes)
+            self._calibrate([(image, boxes)])
         probs = self.ensemble.score_image(
             image,
             boxes,
@@ -229,20 +235,45 @@ class Detector:
         )
         return np.asarray(probs, dtype=np.float32)
 
-    def _calibrate(self, image: np.ndarray, boxes: np.ndarray) -> None:
-        """int8: calibrate the quantized members on the first image's warped proposals
-        (up to ``CALIBRATION_CROPS`` of them, spread over the proposal list)."""
+    def calibrate(self, images: Sequence[ImageLike]) -> int:
+        """int8: calibrate the quantized members on warped proposals of these images
+        (``CALIBRATION_CROPS`` in all, spread over each image's proposal list).
+
+        Images that cannot be read or have no proposals are skipped. :meth:`detect_many`
+        calls this on its first ``calibration_images`` images; a lone :meth:`detect` on an
+        uncalibrated int8 ensemble calibrates on its own image. Returns the crops used.
+        """
+        pairs = []
+        for item in images:
+            try:
+                image = read_image(item, self.max_pixels)
+            except Exception:  # noqa: BLE001 - reported when the image itself is detected
+                continue
+            boxes = self.propose(image).boxes
+            if len(boxes):
+                pairs.append((image, boxes))
+        return self._calibrate(pairs)
+
+    def _calibrate(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> int:
+        """Calibrate once (under a lock) on ``(image, boxes)`` pairs; returns the crops used."""
+        import torch
+
         from detector.warp import warp_regions
 
         with self._calibration_lock:
-            if not self.ensemble.needs_calibration:
-                return
-            pick = np.linspace(0, len(boxes) - 1, min(len(boxes), CALIBRATION_CROPS)).astype(int)
-            crops = warp_regions(
-                image, boxes[pick], size=self.input_size, context_pad=self.context_pad,
-                mean=self.mean, std=self.std,
-            )  # fmt: skip
-            self.ensemble.calibrate(crops)
+            if not pairs or not getattr(self.ensemble, "needs_calibration", False):
+                return 0
+            per_image = -(-CALIBRATION_CROPS // len(pairs))
+            crops = []
+            for image, boxes in pairs:
+                pick = np.linspace(0, len(boxes) - 1, min(len(boxes), per_image)).astype(int)
+                crops.append(warp_regions(
+                    image, boxes[pick], size=self.input_size, context_pad=self.context_pad,
+                    mean=self.mean, std=self.std,
+                ))  # fmt: skip
+            batch = torch.cat(crops)
+            self.ensemble.calibrate(batch)
+            return len(batch)
 
     def nms(self, boxes: np.ndarray, probs: np.ndarray) -> Detections:
         """Per-class greedy NMS over the class columns 1..K (background never detected)."""
@@ -276,13 +307,19 @@ class Detector:
 
         Yields ``(item, Detections)`` or ``(item, Exception)`` in input order; a bad image
         never stops the iteration. ``timings`` holds the workers' ``load`` and ``propose``
-        seconds and ``wait``, the time scoring waited for them.
+        seconds and ``wait``, the time scoring waited for them. An uncalibrated int8
+        ensemble is first calibrated on the first ``calibration_images`` items.
 
         Args:
             workers: images proposed at once; 0 = all available cores.
             processes: False keeps selective search in the threads (no process is started).
         """
         threads = workers if workers > 0 else _available_cores()
+        if getattr(self.ensemble, "needs_calibration", False) and self.calibration_images > 0:
+            todo = iter(items)
+            head = list(itertools.islice(todo, self.calibration_images))
+            self.calibrate(head)
+            items = itertools.chain(head, todo)
         make_pool = getattr(self.proposer, "process_pool", None) if processes else None
         ss_pool = make_pool(threads) if make_pool is not None else None
         with ss_pool if ss_pool is not None else contextlib.nullcontext():
@@ -416,6 +453,7 @@ def _settings(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
         "max_per_class": inf.max_per_class,
         "max_detections": inf.max_detections,
         "max_pixels": cfg.data.max_pixels,
+        "calibration_images": inf.calibration_images,
     }
 
 

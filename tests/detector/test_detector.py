@@ -209,3 +209,30 @@ def test_int8_calibrates_on_the_first_image(models, image) -> None:
     probs = det.score(image, det.propose(image).boxes)
     assert not det.ensemble.needs_calibration
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_int8_detect_many_calibrates_on_its_first_images(models, image, tmp_path, monkeypatch):
+    det = Detector.from_config(
+        fast_config(models, "inference.precision=int8", "inference.calibration_images=3"),
+        device="cpu",
+    )
+    assert det.calibration_images == 3
+    seen: list[int] = []
+    calibrate = det.ensemble.calibrate
+
+    def counting(crops):
+        seen.append(len(crops))
+        calibrate(crops)
+
+    monkeypatch.setattr(det.ensemble, "calibrate", counting)
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    other = np.ascontiguousarray(image[:, ::-1])
+    items = [tmp_path / "bad.jpg", image, other, image]
+    results = list(det.detect_many(iter(items), workers=1, processes=False))
+    assert [r[0] is i for r, i in zip(results, items, strict=True)] == [True] * 4  # no repeats
+    assert isinstance(results[0][1], ImageLoadError)
+    # one calibration, on both readable images of the first three (128 crops at most each)
+    n_props = [len(det.propose(im)) for im in (image, other)]
+    assert seen == [sum(min(n, 128) for n in n_props)]
+    assert not det.ensemble.needs_calibration
+    assert det.calibrate([image]) == 0  # calibrated already: nothing more happens
