@@ -296,7 +296,12 @@ class Detector:
         )
 
     def detect_many(
-        self, items: Iterable[ImageLike], workers: int = 0, *, processes: bool = True
+        self,
+        items: Iterable[ImageLike],
+        workers: int = 0,
+        *,
+        processes: bool = True,
+        pipeline: bool | None = None,
     ) -> Iterator[tuple[ImageLike, Detections | Exception]]:
         """Detect on many images, proposing for the next ones while the current one is scored
         (pipelining): end-to-end time tends to max(proposal time / workers, scoring time).
@@ -305,25 +310,53 @@ class Detector:
         (torch releases the GIL); uncached selective search, single-threaded C++, runs in a
         pool of ``workers`` spawned processes. At most ``workers + 1`` images are ahead.
 
+        Pipelining pays only when scoring leaves cores free (a GPU, or fewer torch threads
+        than cores). When CPU scoring already uses every core, work beside it stalls the
+        whole OpenMP team: on 2 cores it measured 1-3 s per image slower than one image after
+        another, so ``pipeline=None`` then detects serially (see docs/DECISIONS.md).
+
         Yields ``(item, Detections)`` or ``(item, Exception)`` in input order; a bad image
-        never stops the iteration. ``timings`` holds the workers' ``load`` and ``propose``
-        seconds and ``wait``, the time scoring waited for them. An uncalibrated int8
-        ensemble is first calibrated on the first ``calibration_images`` items.
+        never stops the iteration. Pipelined, ``timings`` holds the workers' ``load`` and
+        ``propose`` seconds and ``wait``, the time scoring waited for them. An uncalibrated
+        int8 ensemble is first calibrated on the first ``calibration_images`` items.
 
         Args:
             workers: images proposed at once; 0 = all available cores.
             processes: False keeps selective search in the threads (no process is started).
+            pipeline: True or False forces the choice; None decides as above.
         """
-        threads = workers if workers > 0 else _available_cores()
         if getattr(self.ensemble, "needs_calibration", False) and self.calibration_images > 0:
             todo = iter(items)
             head = list(itertools.islice(todo, self.calibration_images))
             self.calibrate(head)
             items = itertools.chain(head, todo)
+        if not (self.scoring_leaves_cores_free() if pipeline is None else pipeline):
+            yield from self._serial(items)
+            return
+        threads = workers if workers > 0 else _available_cores()
         make_pool = getattr(self.proposer, "process_pool", None) if processes else None
         ss_pool = make_pool(threads) if make_pool is not None else None
         with ss_pool if ss_pool is not None else contextlib.nullcontext():
             yield from self._pipeline(items, threads, ss_pool)
+
+    def scoring_leaves_cores_free(self) -> bool:
+        """True when the members run on a GPU, or on fewer torch threads than there are cores."""
+        import torch
+
+        device = getattr(self.ensemble, "device", None)
+        if device is not None and torch.device(device).type != "cpu":
+            return True
+        return torch.get_num_threads() < _available_cores()
+
+    def _serial(
+        self, items: Iterable[ImageLike]
+    ) -> Iterator[tuple[ImageLike, Detections | Exception]]:
+        for item in items:
+            try:
+                result: Detections | Exception = self.detect(item)
+            except Exception as e:  # noqa: BLE001 - the image's result, reported by the caller
+                result = e
+            yield item, result
 
     def _pipeline(
         self, items: Iterable[ImageLike], threads: int, ss_pool: Any

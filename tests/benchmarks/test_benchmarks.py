@@ -44,6 +44,7 @@ def test_quick_run_writes_every_section(tmp_path):
         assert {"propose", "score", "nms"} <= set(e2e["stages_s"])
         assert e2e["serial_s_per_image"] > 0 and e2e["pipelined_s_per_image"] > 0
     assert report["end_to_end"]["int8"]["precision"] == "int8"
+    assert isinstance(report["end_to_end"]["default"]["detect_many_pipelines_here"], bool)
     assert set(report["memory"]) == {"16", "64"}
     assert all(m["peak_mb"] >= m["after_load_mb"] > 0 for m in report["memory"].values())
     assert not out.with_name("bench.json.tmp").exists()

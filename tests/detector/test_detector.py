@@ -128,14 +128,28 @@ def test_bad_input_raises_with_path(detector, tmp_path):
 def test_detect_many_in_order_with_failures(detector, image, reference, tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     items = [image, tmp_path / "empty.jpg", np.zeros((4, 200, 3), np.uint8), image]
-    results = list(detector.detect_many(items, workers=2))
-    assert [r[0] is i for r, i in zip(results, items, strict=True)] == [True] * 4
-    assert isinstance(results[1][1], ImageLoadError) and "empty file" in str(results[1][1])
-    assert_same(results[0][1], reference)
-    assert_same(results[3][1], reference)
-    assert len(results[2][1]) == 0
-    assert {"load", "propose", "wait", "score", "nms"} <= set(results[3][1].timings)
-    assert list(detector.detect_many([], workers=2)) == []
+    for pipeline in (True, False):
+        results = list(detector.detect_many(items, workers=2, pipeline=pipeline))
+        assert [r[0] is i for r, i in zip(results, items, strict=True)] == [True] * 4
+        assert isinstance(results[1][1], ImageLoadError) and "empty file" in str(results[1][1])
+        assert_same(results[0][1], reference)
+        assert_same(results[3][1], reference)
+        assert len(results[2][1]) == 0
+        assert {"load", "propose", "score", "nms"} <= set(results[3][1].timings)
+        assert ("wait" in results[3][1].timings) is pipeline
+        assert list(detector.detect_many([], workers=2, pipeline=pipeline)) == []
+
+
+def test_pipelines_only_when_scoring_leaves_cores_free(detector, monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr("detector.detector._available_cores", lambda: 2)
+        assert detector.scoring_leaves_cores_free()
+        monkeypatch.setattr("detector.detector._available_cores", lambda: 1)
+        assert not detector.scoring_leaves_cores_free()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_detect_many_runs_selective_search_in_worker_processes(
@@ -145,11 +159,11 @@ def test_detect_many_runs_selective_search_in_worker_processes(
         raise AssertionError("selective search ran in the main process")
 
     monkeypatch.setattr("proposals.generator.selective_search", not_here)
-    results = list(detector.detect_many([image, image], workers=2))
+    results = list(detector.detect_many([image, image], workers=2, pipeline=True))
     for _, d in results:
         assert_same(d, reference)
     # processes=False keeps the search in this process's threads, where it now fails
-    (_, failed), *_ = detector.detect_many([image], workers=1, processes=False)
+    (_, failed), *_ = detector.detect_many([image], workers=1, processes=False, pipeline=True)
     assert isinstance(failed, AssertionError)
 
 
