@@ -357,10 +357,9 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
             continue
         ens = Ensemble(det.ensemble.members, precision=precision, chunk_size=args.chunk, input_size=det.input_size,
                        context_pad=det.context_pad, mean=det.mean, std=det.std)  # fmt: skip
-        if precision == "int8":
-            crops = torch.cat([warp_regions(im, p.boxes[:64], size=det.input_size, context_pad=det.context_pad,
-                                            mean=det.mean, std=det.std) for im, p in zip(images, proposals, strict=True)])  # fmt: skip
-            ens.calibrate(crops)
+        if precision == "int8":  # as detect_many does: 256 crops over the first images
+            Detector(det.proposer, ens, det.classes, input_size=det.input_size,
+                     context_pad=det.context_pad, mean=det.mean, std=det.std).calibrate(images)  # fmt: skip
         probs = [ens.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]
         dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, probs, strict=True)]
         out[precision] = compare(ref_probs, probs, ref_dets, dets)
