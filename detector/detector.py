@@ -8,15 +8,15 @@
     d = det("photo.jpg")                 # or a numpy array, a PIL image, or a list of them
     print(d.boxes, d.scores, d.class_names, d.timings)
 
-    for item, result in det.detect_many(paths, workers=2):  # next images' proposals computed
-        ...                                                  # in worker processes meanwhile;
-                                                             # result: Detections or Exception
+    for item, result in det.detect_many(paths, workers=2):  # result: Detections or Exception
+        ...
 
 Thread safety: ``__call__`` keeps no state between calls (every intermediate is local and
 the models run in eval mode), so calls may run concurrently from several threads on one
-``Detector``; ``detect_many`` does exactly that, with a private thread pool per call.
-``detect_many`` also starts selective-search worker processes (``spawn``): scripts that call
-it need the usual ``if __name__ == "__main__":`` guard, or ``processes=False``.
+``Detector``; ``detect_many`` does exactly that, with a private thread pool per call, when
+it pipelines. Pipelining also starts selective-search worker processes (``spawn``): scripts
+that call ``detect_many`` need the usual ``if __name__ == "__main__":`` guard, or
+``processes=False``.
 """
 
 from __future__ import annotations
