@@ -17,8 +17,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -140,8 +142,20 @@ class ProposalGenerator:
         cached = self.cache.get(key) if key else None
         if cached is not None:
             return cached.boxes
-        run_here = pool is None
-        boxes = selective_search(image, **self.ss_settings) if run_here else pool.run(image)
+        boxes = None
+        if pool is not None:
+            try:
+                boxes = pool.run(image)
+            except BrokenProcessPool as e:
+                warnings.warn(
+                    f"selective-search worker processes stopped ({e}); searching in this "
+                    "process instead. A script that starts them needs an "
+                    "`if __name__ == '__main__':` guard.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        if boxes is None:
+            boxes = selective_search(image, **self.ss_settings)
         if key:
             self.cache.put(key, _as_ss_proposals(boxes))
         return boxes

@@ -81,6 +81,18 @@ def test_process_pool_computes_uncached_search_in_workers(image, tmp_path, monke
     assert gen.process_pool() is None
 
 
+def test_stopped_worker_processes_fall_back_to_this_process(image):
+    gen = ProposalGenerator(SETTINGS, None, cache=None)
+    with gen.process_pool(workers=1) as pool:
+        gen(image, pool=pool)  # the worker is up
+        for process in list(pool._executor._processes.values()):
+            process.kill()  # as when a script without a __main__ guard spawns them
+            process.join()
+        with pytest.warns(RuntimeWarning, match="guard"):
+            out = gen(image, pool=pool)
+    np.testing.assert_array_equal(out.boxes, selective_search(image, **SETTINGS))
+
+
 def test_both_sources_merged(image, checkpoint):
     cfg = _config(
         **{
