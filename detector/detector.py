@@ -45,9 +45,7 @@ BUILD_HINT = (
 )
 
 
-CALIBRATION_CROPS = (
-    256  # int8: warped proposals that calibrate the activations, all images together
-)
+CALIBRATION_CROPS = 256  # int8: warped proposals that calibrate, over all the images given
 
 
 class ModelSetupError(ValueError):
