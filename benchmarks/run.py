@@ -24,6 +24,7 @@ machine are often shared: compare the ratios of one run, not figures across runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -38,10 +39,20 @@ import numpy as np
 import torch
 
 from benchmarks.roofline import crop_gflop, matmul_peaks
+from detector.build import nms_settings, warp_settings
 from detector.classifier import build_googlenet
-from detector.ensemble import Ensemble, cpu_supports_bf16
-from detector.runtime import tune_allocator
-from detector.warp import warp_regions
+from detector.core.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataConfig,
+    InferenceConfig,
+    ModelConfig,
+    MultiBoxConfig,
+)
+from detector.core.devices import cpu_supports_bf16
+from detector.core.runtime import available_cores, tune_allocator
+from detector.ensemble import Ensemble
+from detector.warp import WarpSettings, warp_regions
 from proposals.selective_search import DOUBLED, selective_search
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -64,12 +75,24 @@ def search_settings(args: argparse.Namespace) -> dict:
     return {**DOUBLED, "resize_width": args.search_width} if args.search_width else dict(DOUBLED)
 
 
+def paper_warp(size: int) -> WarpSettings:
+    """R-CNN's warp of the paper's configuration (16 px of context, ImageNet mean/std) at S."""
+    return warp_settings(dataclasses.replace(ModelConfig(), input_size=size))
+
+
+def random_ensemble(members: list[torch.nn.Module], size: int, **settings) -> Ensemble:
+    """An ensemble on the CPU with the paper's warp at S = ``size``; ``settings``: precision,
+    chunk_size, compile."""
+    return Ensemble(members, warp=paper_warp(size), device="cpu", **settings)
+
+
 def real_crops(photos: list[np.ndarray], n: int, size: int, settings: dict) -> torch.Tensor:
     """n warped crops (float32[n, 3, S, S]) of selective-search boxes on real photos."""
     boxes_per = [selective_search(p, **settings) for p in photos]
+    warp = paper_warp(size)
     crops = []
     for photo, boxes in zip(photos, boxes_per, strict=True):
-        crops.append(warp_regions(photo, boxes[: n // len(photos) + 1], size=size))
+        crops.append(warp_regions(photo, boxes[: n // len(photos) + 1], warp))
     return torch.cat(crops)[:n].contiguous(memory_format=torch.channels_last)
 
 
@@ -111,12 +134,8 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
     for name, precision, compiled in settings:
         if precision == "bf16" and not cpu_supports_bf16():
             continue
-        ens = Ensemble(
-            [member],
-            precision=precision,
-            chunk_size=args.chunk,
-            compile=compiled,
-            input_size=crops.shape[-1],
+        ens = random_ensemble(
+            [member], crops.shape[-1], precision=precision, chunk_size=args.chunk, compile=compiled
         )
         t0 = time.perf_counter()
         if precision == "int8":
@@ -153,12 +172,8 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
 def bench_ensemble(crops: torch.Tensor, args: argparse.Namespace) -> tuple[dict, Ensemble]:
     """The default path (precision auto, compile as --compile) with ``--members`` members."""
     members = [random_member(i) for i in range(args.members)]
-    ens = Ensemble(
-        members,
-        precision="auto",
-        chunk_size=args.chunk,
-        compile=args.compile,
-        input_size=crops.shape[-1],
+    ens = random_ensemble(
+        members, crops.shape[-1], precision="auto", chunk_size=args.chunk, compile=args.compile
     )
     ens.score(crops[: args.chunk])
     r = rate(lambda: ens.score(crops), len(crops), max(1, args.repeats - 1))
@@ -197,7 +212,7 @@ def print_scoring(res: dict) -> None:
 
 
 def bench_selective_search(photos: list[np.ndarray], settings: dict) -> dict:
-    from proposals.pool import SelectiveSearchPool, available_cores
+    from proposals.pool import SelectiveSearchPool
 
     t0 = time.perf_counter()
     counts = [len(selective_search(p, **settings)) for p in photos]
@@ -219,29 +234,47 @@ def bench_selective_search(photos: list[np.ndarray], settings: dict) -> dict:
 
 # ---- 3. end to end ---------------------------------------------------------------------------
 
+STAGES = ("load", "propose", "warp", "score", "nms")  # Detections.timings; "score" = the CNNs
+STAGE_LABELS = {"score": "score (CNNs)"}
+
 
 def paper_detector(args: argparse.Namespace, precision: str = "auto"):
-    """The paper configuration with random weights: 6 members, 224, MultiBox K=800 top 200.
-    ``precision`` int8: the Detector calibrates on the first image's crops."""
+    """The paper configuration with random weights: 6 members, 224, MultiBox K=800 top 200,
+    the config's default NMS. ``precision`` int8: the first image scored calibrates it."""
     from detector.datasets import default_classes
     from detector.detector import Detector
     from proposals.generator import ProposalGenerator
-    from proposals.multibox import MultiBox, MultiBoxNet
+    from proposals.multibox.model import MultiBox, MultiBoxNet
 
     torch.manual_seed(0)
-    priors = torch.rand(800, 2) * 0.5
-    priors = torch.cat([priors, priors + 0.3 + torch.rand(800, 2) * 0.2], dim=1)
-    multibox = MultiBox(MultiBoxNet(800, priors), input_size=args.size)
-    proposer = ProposalGenerator(search_settings(args), multibox, cache=None, workers=args.workers)
-    reuse = getattr(args, "ensemble", None) if precision == "auto" else None
-    ensemble = reuse or Ensemble(
-        [random_member(i) for i in range(args.members)],
-        precision=precision,
-        chunk_size=args.chunk,
-        compile=args.compile,
+    mb = MultiBoxConfig()
+    priors = torch.rand(mb.num_priors, 2) * 0.5
+    priors = torch.cat([priors, priors + 0.3 + torch.rand(mb.num_priors, 2) * 0.2], dim=1)
+    multibox = MultiBox(
+        MultiBoxNet(mb.num_priors, priors),
         input_size=args.size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        top_k=mb.top_k,
+        nms_iou=mb.nms_iou,
+        device="cpu",
     )
-    return Detector(proposer, ensemble, default_classes(), input_size=args.size)
+    proposer = ProposalGenerator(search_settings(args), multibox, cache=None, workers=args.workers)
+    scorer = getattr(args, "ensemble", None) if precision == "auto" else None
+    if scorer is None:
+        members = [random_member(i) for i in range(args.members)]
+        scorer = random_ensemble(
+            members, args.size, precision=precision, chunk_size=args.chunk, compile=args.compile
+        )
+    inference = InferenceConfig()
+    return Detector(
+        proposer,
+        scorer,
+        default_classes(),
+        nms=nms_settings(inference),
+        max_pixels=DataConfig().max_pixels,
+        calibration_images=inference.calibration_images,
+    )
 
 
 def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict:
@@ -252,37 +285,67 @@ def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict
     return res
 
 
+def same_detections(a, b) -> bool:
+    """Two ``Detections`` of one image agree: proposals, classes, boxes and scores."""
+    return (
+        a.num_proposals == b.num_proposals
+        and len(a) == len(b)
+        and np.array_equal(a.labels, b.labels)
+        and np.allclose(a.boxes, b.boxes, atol=1e-3)
+        and np.allclose(a.scores, b.scores, atol=1e-5)
+    )
+
+
 def end_to_end(photos: list[np.ndarray], args: argparse.Namespace, precision: str) -> dict:
+    from detector.batch import scoring_leaves_cores_free
+
     det = paper_detector(args, precision)
     # warm-up: int8 calibrates on the first photo's proposals (as in use); compiled
     # members were compiled by the scoring section, or compile here on a small image
     det(photos[0] if precision == "int8" else photos[0][:64, :64])
     stages: dict[str, list[float]] = {}
-    props = []
+    serial_dets = []
     t0 = time.perf_counter()
     for p in photos:
         d = det(p)
-        props.append(d.num_proposals)
+        serial_dets.append(d)
         for k, v in d.timings.items():
             stages.setdefault(k, []).append(v)
     serial = (time.perf_counter() - t0) / len(photos)
     t0 = time.perf_counter()  # no proposal cache: detect_many redoes every search
     results = list(det.detect_many(photos, workers=args.workers, pipeline=True))
     pipelined = (time.perf_counter() - t0) / len(photos)
-    assert not any(isinstance(r, Exception) for _, r in results)
-    mean = {k: float(np.mean(v)) for k, v in stages.items()}
-    res = {"precision": det.ensemble.precision, "proposals_per_image": float(np.mean(props))}
+    failed = [r for _, r in results if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"pipelined detection failed on {len(failed)} photo(s)") from failed[0]
+    piped_dets = [r for _, r in results]
+    mean = {k: float(np.mean(stages[k])) for k in STAGES if k in stages}
+    mean |= {k: float(np.mean(v)) for k, v in stages.items() if k not in mean}
+    res = {"precision": det.scorer.precision}
+    res["proposals_per_image"] = float(np.mean([d.num_proposals for d in serial_dets]))
     res |= {"stages_s": mean, "serial_s_per_image": serial, "pipelined_s_per_image": pipelined}
-    res["bound_s_per_image"] = max(mean.get("propose", 0.0), mean.get("score", 0.0))
-    res["detect_many_pipelines_here"] = det.scoring_leaves_cores_free()
+    # pipelined, one thread proposes while the main thread warps and scores the previous image
+    res["bound_s_per_image"] = max(
+        mean.get("propose", 0.0), mean.get("warp", 0.0) + mean.get("score", 0.0)
+    )
+    res["detect_many_pipelines_here"] = scoring_leaves_cores_free(det)
+    res["per_image"] = {
+        name: {"proposals": [d.num_proposals for d in ds], "detections": [len(d) for d in ds]}
+        for name, ds in (("serial", serial_dets), ("pipelined", piped_dets))
+    }
+    res["pipelined_matches_serial"] = all(
+        same_detections(a, b) for a, b in zip(serial_dets, piped_dets, strict=True)
+    )
     print(f"\n== end to end, paper configuration ({args.members} members, S={args.size}, "
           f"{res['precision']}) on {len(photos)} photos ==")  # fmt: skip
     print(
         f"proposals/image {res['proposals_per_image']:.0f}; "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in mean.items())
+        + ", ".join(f"{STAGE_LABELS.get(k, k)} {mean[k]:.2f} s" for k in STAGES if k in mean)
     )
     print(f"serial {serial:.2f} s/image; pipelined (selective search in worker processes) "
-          f"{pipelined:.2f} s/image; max(propose, score) = {res['bound_s_per_image']:.2f} s")  # fmt: skip
+          f"{pipelined:.2f} s/image; max(propose, warp + score) = {res['bound_s_per_image']:.2f} s")  # fmt: skip
+    if not res["pipelined_matches_serial"]:
+        print("warning: the pipelined detections differ from the serial ones")
     choice = (
         "pipelined" if res["detect_many_pipelines_here"] else "serial (scoring uses every core)"
     )
@@ -300,10 +363,11 @@ def _memory_child(n_boxes: int, members: int, size: int, chunk: int, queue) -> N
     boxes = np.concatenate([xy, xy + rng.uniform(20, 110, size=(n_boxes, 2))], axis=1).astype(
         np.float32
     )
-    ens = Ensemble([random_member(i) for i in range(members)], chunk_size=chunk, input_size=size)
+    models = [random_member(i) for i in range(members)]
+    ens = random_ensemble(models, size, precision="auto", chunk_size=chunk, compile=False)
     before = peak_rss_mb()
-    ens.score_image(photo, boxes)
-    queue.put((before, peak_rss_mb()))
+    probs = ens.score_image(photo, boxes)
+    queue.put((before, peak_rss_mb(), probs.shape))
 
 
 def bench_memory(args: argparse.Namespace) -> dict:
@@ -313,9 +377,9 @@ def bench_memory(args: argparse.Namespace) -> dict:
         q = ctx.Queue()
         p = ctx.Process(target=_memory_child, args=(n, args.members, args.size, args.chunk, q))
         p.start()
-        before, peak = q.get()
+        before, peak, shape = q.get()
         p.join()
-        res[str(n)] = {"after_load_mb": before, "peak_mb": peak}
+        res[str(n)] = {"after_load_mb": before, "peak_mb": peak, "scored": list(shape)}
     print(
         f"\n== peak resident memory, {args.members} members, chunk {args.chunk} (fresh process each) =="
     )
@@ -329,37 +393,41 @@ def bench_memory(args: argparse.Namespace) -> dict:
 # ---- 5. accuracy of the fast paths -----------------------------------------------------------
 
 
+def skipped_accuracy(why: str) -> dict:
+    print(f"\n== accuracy: skipped ({why}) ==")
+    return {"skipped": why}
+
+
 def bench_accuracy(args: argparse.Namespace) -> dict:
-    from detector.config import load_config
+    from detector.core.config import load_config
+    from detector.core.io import load_image
     from detector.demo import models_are_built
-
-    cfg = load_config("demo")
-    if not models_are_built(cfg):
-        print(
-            "\n== accuracy: skipped (demo models not built: python -m detector.demo --build-only) =="
-        )
-        return {"skipped": "demo models not built"}
-    from detector.datasets.demo import ensure_demo_dataset
     from detector.detector import Detector
-    from detector.io import load_image
+    from detector.resolve import ResolveError, resolve_config
 
-    root = ensure_demo_dataset(cfg)
-    paths = sorted((root / "Data" / "DET" / "val").glob("*.JPEG"))[: args.accuracy_images]
+    not_built = "demo models not built: python -m detector.demo --build-only"
+    if not models_are_built(load_config("demo")):
+        return skipped_accuracy(not_built)
+    try:  # the demo's dataset and trained models; the fast paths compared are CPU paths
+        cfg = resolve_config(load_config("demo"), device="cpu")
+    except ResolveError:
+        return skipped_accuracy(not_built)
+    paths = sorted((Path(cfg.data.root) / "Data" / "DET" / "val").glob("*.JPEG"))
+    paths = paths[: args.accuracy_images]
     out = {}
     cfg.inference.precision = "fp32"
     det = Detector.from_config(cfg)
-    images = [load_image(p) for p in paths]
-    proposals = [det.propose(im) for im in images]
-    ref_probs = [det.score(im, p.boxes) for im, p in zip(images, proposals, strict=True)]
+    images = [load_image(p, cfg.data.max_pixels) for p in paths]
+    proposals = [det.proposer(im) for im in images]
+    ref_probs = [det.scorer.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]  # fmt: skip
     ref_dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, ref_probs, strict=True)]
     for precision in ("bf16", "int8"):
         if precision == "bf16" and not cpu_supports_bf16():
             continue
-        ens = Ensemble(det.ensemble.members, precision=precision, chunk_size=args.chunk, input_size=det.input_size,
-                       context_pad=det.context_pad, mean=det.mean, std=det.std)  # fmt: skip
+        ens = Ensemble(det.scorer.members, warp=det.scorer.warp, device="cpu", precision=precision,
+                       chunk_size=args.chunk, compile=False)  # fmt: skip
         if precision == "int8":  # as detect_many does: 256 crops over the first images
-            Detector(det.proposer, ens, det.classes, input_size=det.input_size,
-                     context_pad=det.context_pad, mean=det.mean, std=det.std).calibrate(images)  # fmt: skip
+            ens.calibrate_on_images([(im, p.boxes) for im, p in zip(images, proposals, strict=True)])  # fmt: skip
         probs = [ens.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]
         dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, probs, strict=True)]
         out[precision] = compare(ref_probs, probs, ref_dets, dets)
@@ -371,7 +439,7 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
 
 
 def compare(ref_probs, probs, ref_dets, dets) -> dict:
-    from detector.boxes import box_iou
+    from detector.core.boxes import box_iou
 
     diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_probs, probs, strict=True) if len(a))
     top1 = np.mean(
@@ -480,8 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         report["end_to_end"] = bench_end_to_end(photos, args)
     if "memory" in sections:
         report["memory"] = bench_memory(args)
-    if "accuracy" in sections and not args.quick:
-        report["accuracy"] = bench_accuracy(args)
+    if "accuracy" in sections:
+        report["accuracy"] = skipped_accuracy("--quick") if args.quick else bench_accuracy(args)
     report["peak_rss_mb"] = peak_rss_mb()
     print(f"\npeak resident memory of this process: {report['peak_rss_mb']:.0f} MB")
     out = Path(args.output)

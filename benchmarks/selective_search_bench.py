@@ -27,7 +27,8 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
-from proposals.pool import SelectiveSearchPool, available_cores  # noqa: E402
+from detector.core.runtime import available_cores  # noqa: E402
+from proposals.pool import SelectiveSearchPool  # noqa: E402
 from proposals.selective_search import DOUBLED, RCNN_FAST, selective_search  # noqa: E402
 
 PRESETS = {"rcnn_fast": RCNN_FAST, "doubled": DOUBLED}

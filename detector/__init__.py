@@ -1,27 +1,32 @@
-"""Region classification with an ensemble of GoogLeNets: ``from detector import Detector``.
+"""R-CNN with an ensemble of GoogLeNets: ``from detector import Detector``.
 
-``Detector`` is imported lazily so that light users of the package (the evaluator, the
-dataset readers, the config) do not pay for importing torch.
+    from detector import Detector, load_config, resolve_config
+
+    det = Detector.from_config(resolve_config(load_config("demo")))
+    detections = det("photo.jpg")
+
+Names are imported lazily so that light users of the package (the evaluator, the dataset
+readers, the config) do not pay for importing torch.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
-if TYPE_CHECKING:
-    from detector.detector import Detector
-    from detector.structures import Detections, Proposals
+# public name -> the module that defines it
+_EXPORTS = {
+    "Detector": "detector.detector",
+    "Detections": "detector.core.structures",
+    "Proposals": "detector.core.structures",
+    "load_config": "detector.core.config",
+    "resolve_config": "detector.resolve",
+}
 
-__all__ = ["Detector", "Detections", "Proposals"]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Detector":
-        from detector.detector import Detector
-
-        return Detector
-    if name in ("Detections", "Proposals"):
-        from detector import structures
-
-        return getattr(structures, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'detector' has no attribute {name!r}")

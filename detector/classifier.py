@@ -14,32 +14,33 @@ A checkpoint is one safetensors file: the model's state dict plus a JSON metadat
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models import GoogLeNet, GoogLeNet_Weights
 
-from detector.structures import ClassList
+from detector.core.checkpoints import (
+    CheckpointError,
+    imagenet_weights_path,
+    load_weights_only,
+    read_safetensors,
+    write_safetensors,
+)
+from detector.core.config import IMAGENET_MEAN, IMAGENET_STD
+from detector.core.structures import ClassList
+from detector.warp import WarpSettings
 
 FORMAT = "inception-rcnn/region-classifier"
 METADATA_KEY = "detector"
 # What the ImageNet weights expect: torchvision maps mean/std-normalised input back to the
 # [-1, 1] scaling of the original (Caffe-trained, then converted) weights.
-_TI_SCALE = (0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)
-_TI_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)
+_TI_SCALE = tuple(s / 0.5 for s in IMAGENET_STD)
+_TI_SHIFT = tuple((m - 0.5) / 0.5 for m in IMAGENET_MEAN)
 # Metadata that every member of an ensemble must share.
 SHARED_KEYS = ("num_outputs", "classes", "input_size", "context_pad", "mean", "std")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or does not fit; the message names the file."""
 
 
 class RegionGoogLeNet(GoogLeNet):
@@ -59,12 +60,6 @@ class RegionGoogLeNet(GoogLeNet):
         if self.transform_input:
             return x * self.ti_scale + self.ti_shift
         return x
-
-
-def imagenet_weights_path() -> Path:
-    """Where ``torch.hub`` caches ``GoogLeNet_Weights.IMAGENET1K_V1`` (may not exist)."""
-    name = GoogLeNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
-    return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
 def build_googlenet(
@@ -136,36 +131,44 @@ def _imagenet_state_dict(
             f"{path}: GoogLeNet ImageNet weights not found (nothing is downloaded here; fetch "
             f"{GoogLeNet_Weights.IMAGENET1K_V1.url} into the torch hub cache or pass a path)"
         )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or foreign file: report it, naming the file
-        raise CheckpointError(f"{path}: cannot read ImageNet weights: {e}") from None
+    return load_weights_only(path)
 
 
 def checkpoint_metadata(
     classes: ClassList,
+    warp: WarpSettings,
     *,
-    input_size: int = 224,
-    context_pad: int = 16,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
-    config_digest: str = "",
-    member: int = 0,
-    seed: int = 0,
+    config_digest: str,
+    member: int,
+    seed: int,
     **extra: Any,
 ) -> dict[str, Any]:
     """The metadata dict :func:`save_checkpoint` expects (``extra`` keys are kept as given)."""
     return {
         "classes": {"wnids": list(classes.wnids), "names": list(classes.names)},
-        "input_size": int(input_size),
-        "context_pad": int(context_pad),
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
+        "input_size": int(warp.size),
+        "context_pad": int(warp.context_pad),
+        "mean": [float(v) for v in warp.mean],
+        "std": [float(v) for v in warp.std],
         "config_digest": config_digest,
         "member": int(member),
         "seed": int(seed),
         **extra,
     }
+
+
+def warp_from_metadata(metadata: dict[str, Any], fallback: WarpSettings) -> WarpSettings:
+    """The warp the members were trained with; ``fallback`` fills what bare state dicts lack."""
+
+    def pick(key: str, default: Any) -> Any:
+        return metadata.get(key) if metadata.get(key) is not None else default
+
+    return WarpSettings(
+        size=int(pick("input_size", fallback.size)),
+        context_pad=int(pick("context_pad", fallback.context_pad)),
+        mean=tuple(pick("mean", fallback.mean)),
+        std=tuple(pick("std", fallback.std)),
+    )
 
 
 def classes_from_metadata(metadata: dict[str, Any]) -> ClassList | None:
@@ -195,15 +198,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any]
         raise CheckpointError(
             f"{path}: {len(classes)} classes + background != {num_outputs} model outputs"
         )
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_safetensors(path, model.state_dict(), METADATA_KEY, meta)
 
 
 def load_checkpoint(
@@ -289,27 +284,13 @@ def load_members(
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
     if path.suffix in (".pt", ".pth"):
         return _read_torch(path)
-    try:
-        state = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY, "{}")
-        meta = json.loads(raw)
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {e}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: checkpoint metadata is not a JSON object")
-    return state, meta
+    return read_safetensors(path, METADATA_KEY)
 
 
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors vary: report the file and the cause
-        raise CheckpointError(f"{path}: cannot load with weights_only=True: {e}") from None
+    obj = load_weights_only(path)
     if isinstance(obj, dict) and "state_dict" in obj:
         state, meta = obj["state_dict"], dict(obj.get("metadata") or {})
     else:

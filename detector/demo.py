@@ -11,7 +11,7 @@ val images and ``eval.map`` on the result. Later runs reuse the cached data and 
 ``python -m detector.run --images <demo val>`` and ``python -m eval.map --split val`` work with
 no other arguments.
 
-The models live in ``<cache>/demo/models/`` (see ``detector.paths``), with ``build.json``
+The models live in ``<cache>/demo/models/`` (see ``detector.core.paths``), with ``build.json``
 recording the config digest they were trained with; a changed config is rebuilt.
 """
 
@@ -25,33 +25,20 @@ import sys
 import time
 from pathlib import Path
 
-from detector.config import Config, add_config_args, load_config
-from detector.paths import cache_root
-from detector.runtime import tune_allocator
+from detector.core.atomic import atomic_write_text
+from detector.core.config import Config, add_config_args, load_config
+from detector.core.paths import demo_models_dir
+from detector.core.runtime import tune_allocator
+from detector.resolve import (
+    MULTIBOX_NAME,
+    TRAIN_MEMBERS,
+    TRAIN_MULTIBOX,
+    ResolveError,
+    is_demo,
+    resolve_config,
+)
 
 BUILD_RECORD = "build.json"
-
-
-def is_demo(cfg: Config) -> bool:
-    """The demo is selected by an empty data root."""
-    return cfg.data.root == ""
-
-
-def demo_models_dir(cfg: Config) -> Path:
-    return cache_root() / "demo" / "models"
-
-
-def with_demo_defaults(cfg: Config) -> Config:
-    """Fill empty model paths with the demo's built models when the config is the demo's."""
-    if not is_demo(cfg):
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    models = demo_models_dir(cfg)
-    if not cfg.model.checkpoints and not cfg.model.checkpoint_dir:
-        cfg.model.checkpoint_dir = str(models)
-    if cfg.proposals.multibox.enabled and not cfg.proposals.multibox.checkpoint:
-        cfg.proposals.multibox.checkpoint = str(models / "multibox.safetensors")
-    return cfg
 
 
 def build_key(cfg: Config) -> dict:
@@ -66,7 +53,7 @@ def build_key(cfg: Config) -> dict:
 
 
 def models_are_built(cfg: Config) -> bool:
-    record = demo_models_dir(cfg) / BUILD_RECORD
+    record = demo_models_dir() / BUILD_RECORD
     try:
         return json.loads(record.read_text()).get("key") == build_key(cfg)
     except (OSError, ValueError):
@@ -74,13 +61,14 @@ def models_are_built(cfg: Config) -> bool:
 
 
 def build_models(cfg: Config, *, rebuild: bool = False) -> Path:
-    """Train MultiBox and every ensemble member into the demo models folder; returns it."""
-    out = demo_models_dir(cfg)
+    """Train MultiBox and every ensemble member of the demo config ``cfg`` (not resolved)
+    into the demo models folder; returns it."""
+    from detector.training.classifier import train_member
+    from detector.training.multibox import train_multibox
+
+    out = demo_models_dir()
     if models_are_built(cfg) and not rebuild:
         return out
-    from detector.train import train_member
-    from proposals.multibox_train import train_multibox
-
     out.mkdir(parents=True, exist_ok=True)
     (out / BUILD_RECORD).unlink(missing_ok=True)
     timings: dict[str, float] = {}
@@ -89,24 +77,20 @@ def build_models(cfg: Config, *, rebuild: bool = False) -> Path:
         t0 = time.perf_counter()
         mb_cfg = copy.deepcopy(cfg)
         mb_cfg.proposals.multibox.checkpoint = ""
-        trained = train_multibox(mb_cfg, out / "multibox_run", resume=resume)
-        os.replace(trained, out / "multibox.safetensors")
+        trained = train_multibox(
+            resolve_config(mb_cfg, needs=TRAIN_MULTIBOX), out / "multibox_run", resume=resume
+        )
+        os.replace(trained, out / MULTIBOX_NAME)
         timings["multibox"] = time.perf_counter() - t0
         print(f"[demo] MultiBox trained in {timings['multibox']:.0f} s", flush=True)
-    member_cfg = with_demo_defaults(cfg)
+    member_cfg = resolve_config(cfg, needs=TRAIN_MEMBERS)  # now with the demo's MultiBox
     for i in range(cfg.model.members):
         t0 = time.perf_counter()
         train_member(member_cfg, i, out, resume=resume)
         timings[f"member_{i}"] = time.perf_counter() - t0
         print(f"[demo] member {i} trained in {timings[f'member_{i}']:.0f} s", flush=True)
-    record = {
-        "key": build_key(cfg),
-        "seconds": timings,
-        "built": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    tmp = out / (BUILD_RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / BUILD_RECORD)
+    record = {"key": build_key(cfg), "seconds": timings, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_text(out / BUILD_RECORD, json.dumps(record, indent=1))
     return out
 
 
@@ -133,53 +117,43 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     tune_allocator()
-    cfg = load_config(args.config, args.overrides)
-    if not is_demo(cfg):
-        print(
-            "detector.demo: the config has data.root set; the demo uses data.root=''",
-            file=sys.stderr,
-        )
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not is_demo(cfg):
+            raise ResolveError("the config has data.root set; the demo uses data.root=''")
+        t0 = time.perf_counter()
+        build_models(cfg, rebuild=args.rebuild)
+        resolved = resolve_config(cfg)
+    except (ResolveError, ValueError) as e:
+        print(f"detector.demo: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    from detector.datasets.demo import ensure_demo_dataset
-
-    t0 = time.perf_counter()
-    root = ensure_demo_dataset(cfg)
-    print(f"[demo] dataset: {root}", flush=True)
-    build_models(cfg, rebuild=args.rebuild)
-    print(
-        f"[demo] models: {demo_models_dir(cfg)} ({time.perf_counter() - t0:.0f} s so far)",
-        flush=True,
-    )
+    print(f"[demo] dataset: {resolved.data.root}", flush=True)
+    print(f"[demo] models: {demo_models_dir()} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
     if args.build_only:
         return 0
-    return run_and_evaluate(args, root, Path(args.output_dir))
+    return run_and_evaluate(resolved, Path(args.output_dir))
 
 
-def run_and_evaluate(args: argparse.Namespace, root: Path, out: Path) -> int:
-    """``detector.run`` on the demo val images, then ``eval.map`` on its submission file."""
-    from detector import run
-    from eval import map as eval_map
+def run_and_evaluate(cfg: Config, out: Path) -> int:
+    """Detection on the demo val images, then the devkit mAP of its submission file."""
+    from detector.run import RunOptions, detect_folder
+    from eval.map import MapOptions, evaluate_split
 
-    config = ["--config", args.config] if args.config else []
-    images = root / "Data" / "DET" / "val"
+    root = Path(cfg.data.root)
     submission = out / "val_submission.txt"
-    status = run.main(
-        [
-            "--images", str(images),
-            "--output-dir", str(out),
-            "--submission", str(submission),
-            "--save-vis", str(out / "vis"),
-            "--image-set", str(root / "ImageSets" / "DET" / "val.txt"),
-            "--overwrite",
-            *config, *args.overrides,
-        ]
-    )  # fmt: skip
+    run = RunOptions(
+        images=str(root / "Data" / "DET" / "val"),
+        output_dir=str(out),
+        submission=str(submission),
+        save_vis=str(out / "vis"),
+        image_set=str(root / "ImageSets" / "DET" / "val.txt"),
+        overwrite=True,
+    )
+    status = detect_folder(cfg, run)
     if status == 2:
         return status
-    return eval_map.main(
-        ["--split", "val", "--detections", str(submission), "--json", str(out / "val_map.json")]
-        + config
-        + list(args.overrides)
+    return evaluate_split(
+        cfg, MapOptions(split="val", detections=str(submission), json=str(out / "val_map.json"))
     )
 
 

@@ -8,19 +8,31 @@ greater than ``nms_iou`` (torchvision's rule).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
+
+
+@dataclass(frozen=True)
+class NmsSettings:
+    """The detection step's settings (``inference.*`` in the config; see :func:`per_class_nms`)."""
+
+    nms_iou: float
+    score_threshold: float
+    max_per_class: int
+    max_detections: int
 
 
 def per_class_nms(
     boxes: np.ndarray,
     probs: np.ndarray,
     *,
-    nms_iou: float = 0.3,
-    score_threshold: float = 0.01,
-    max_per_class: int = 100,
-    max_detections: int = 0,
+    nms_iou: float,
+    score_threshold: float,
+    max_per_class: int,
+    max_detections: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detections from class probabilities: threshold, NMS per class, cap, sort.
 

@@ -13,26 +13,19 @@ the internal xyxy (continuous pixels).
 ``category_id`` is the detector's class id (1..K), ``image_id`` the image's 1-based position
 in the sorted list (or the numeric file stem, for COCO-named files).
 
-**ILSVRC submission** (devkit): ``<image_index> <class_id> <score> <xmin> <ymin> <xmax> <ymax>``
-per line, ``image_index`` the 1-based position in the sorted image list, boxes inclusive
-(:func:`detector.structures.to_inclusive`), at most ``max_per_class_total`` detections per
-class over the whole set (R-CNN: 30,000), best first.
-
-Files other than the log are written atomically (temporary file, fsync, ``os.replace``).
+The ILSVRC submission file is written by ``eval.submission`` (one writer for every command).
+Files other than the log are written atomically (``detector.core.atomic``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from detector.structures import to_inclusive
+from detector.core.atomic import atomic_write_text
 
 
 class OutputError(ValueError):
@@ -118,22 +111,6 @@ def repair_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 # ---- final outputs --------------------------------------------------------------------------
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def coco_results(records: Iterable[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """COCO ``loadRes`` entries from ``(image_id, ok record)`` pairs."""
     out = []
@@ -159,40 +136,3 @@ def coco_image_ids(names: list[str]) -> list[int]:
     if stems and all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
         return [int(s) for s in stems]
     return list(range(1, len(names) + 1))
-
-
-def submission_lines(
-    records: Iterable[tuple[int, dict[str, Any]]], max_per_class_total: int = 30_000
-) -> list[str]:
-    """Devkit submission lines from ``(image_index, ok record)`` pairs.
-
-    Per class, only the first ``max_per_class_total`` in the devkit's ranking (descending
-    score; ties by image index, then input order) are kept (0 = no cap); lines are ordered
-    by image index, then descending score. Scores keep 9 significant digits, as
-    ``eval.submission.write_submission`` writes them.
-    """
-    rows: list[tuple[int, int, float, np.ndarray]] = []
-    for index, record in records:
-        det = record["detections"]
-        boxes = to_inclusive(np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4))
-        for box, score, label in zip(boxes, det["scores"], det["labels"], strict=True):
-            rows.append((int(index), int(label), float(score), box))
-    # The devkit's ranking: by image index, then stably by descending score.
-    rows.sort(key=lambda r: r[0])
-    rows.sort(key=lambda r: -r[2])
-    rows = _cap_per_class(rows, max_per_class_total)
-    rows.sort(key=lambda r: r[0])  # stable: each image's rows stay best first
-    return [f"{i} {c} {s:.9g} {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f}\n" for i, c, s, b in rows]
-
-
-def _cap_per_class(rows: list, cap: int) -> list:
-    """The first ``cap`` rows of each class, ``rows`` being in ranking order (0 = all)."""
-    if cap <= 0:
-        return rows
-    seen: dict[int, int] = {}
-    kept = []
-    for row in rows:
-        seen[row[1]] = seen.get(row[1], 0) + 1
-        if seen[row[1]] <= cap:
-            kept.append(row)
-    return kept

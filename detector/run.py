@@ -8,7 +8,7 @@ Examples::
         --image-set ILSVRC2013_DET/ImageSets/DET/val.txt --submission runs/val/sub.txt \\
         --output-dir runs/val --workers 2 inference.precision=bf16
     python -m detector.run --images photos/ --resume              # after an interruption
-    python -m detector.run --images photos/ inference.nms_iou=0.4 --checkpoints m0.safetensors m1.safetensors
+    python -m detector.run --images photos/ --checkpoints m0.safetensors m1.safetensors inference.nms_iou=0.4
 
 One JSON record per image is appended to ``<output-dir>/detections.jsonl`` as soon as the
 image is done (format: ``detector.outputs``), so an interrupted run loses at most the image
@@ -30,23 +30,25 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from detector.config import Config, ConfigError, add_config_args, load_config
-from detector.io import ImageLoadError, list_images, load_image
+from detector.core.atomic import atomic_write_text
+from detector.core.config import Config, ConfigError, add_config_args, load_config
+from detector.core.io import ImageLoadError, list_images, load_image
+from detector.core.runtime import tune_allocator
 from detector.outputs import (
     OutputError,
     append_record,
-    atomic_write_text,
     coco_image_ids,
     coco_results,
     repair_jsonl,
-    submission_lines,
 )
-from detector.runtime import tune_allocator
+from detector.resolve import Needs, ResolveError, resolve_config
+from eval.submission import cap_per_class, from_records, write_submission
 
-STAGES = ("load", "propose", "score", "nms", "warp", "cnn", "wait")
+STAGES = ("load", "propose", "warp", "score", "nms", "wait")
 
 
 class UsageError(ValueError):
@@ -64,9 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="also images in subfolders")
     p.add_argument(
         "--output-dir",
-        default="runs/detect",
+        default=RunOptions.output_dir,
         metavar="DIR",
-        help="where detections.jsonl and summary.json go (default: runs/detect)",
+        help=f"where detections.jsonl and summary.json go (default: {RunOptions.output_dir})",
     )
     p.add_argument(
         "--output",
@@ -91,7 +93,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save-vis", metavar="DIR", help="write a JPEG with drawn boxes per image")
     p.add_argument(
-        "--vis-top", type=int, default=20, metavar="N", help="boxes drawn per image (default 20)"
+        "--vis-top",
+        type=int,
+        default=RunOptions.vis_top,
+        metavar="N",
+        help=f"boxes drawn per image (default {RunOptions.vis_top})",
     )
     p.add_argument(
         "--checkpoints",
@@ -106,7 +112,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-detections", type=int, metavar="N", help="inference.max_detections (0 = no limit)"
     )
     p.add_argument(
-        "--batch-size", type=int, metavar="N", help="inference.chunk_size: crops per forward pass"
+        "--chunk-size", type=int, metavar="N", help="inference.chunk_size: crops per forward pass"
     )
     p.add_argument(
         "--workers",
@@ -120,19 +126,50 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass
+class RunOptions:
+    """What to detect on and where the results go (the flags of ``python -m detector.run``)."""
+
+    images: str
+    recursive: bool = False
+    output_dir: str = "runs/detect"
+    output: str | None = None  # the log; None = <output_dir>/detections.jsonl
+    resume: bool = False
+    overwrite: bool = False
+    coco_results: str | None = None
+    submission: str | None = None
+    image_set: str | None = None
+    save_vis: str | None = None
+    vis_top: int = 20
+    no_progress: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     tune_allocator()
     try:
         cfg = build_config(args)
+    except (ConfigError, ResolveError, UsageError) as e:
+        print(f"detector.run: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return detect_folder(cfg, RunOptions.from_args(args))
+
+
+def detect_folder(cfg: Config, args: RunOptions) -> int:
+    """Detect on every image of ``args.images`` with a resolved config; returns the exit status."""
+    try:
         root = Path(args.images)
         images = list_images(root, recursive=args.recursive)
         names = [p.relative_to(root).as_posix() for p in images]
         indices = image_indices(names, args.image_set)
         log = Path(args.output) if args.output else Path(args.output_dir) / "detections.jsonl"
         existing = check_log(log, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, UsageError, OutputError, OSError) as e:
-        print(f"detector.run: error: {e}", file=sys.stderr)
+    except (UsageError, OutputError, OSError) as e:
+        print(f"detector.run: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if not images:
         print(f"detector.run: warning: no images found in {root}", file=sys.stderr)
@@ -160,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """The config file and ``KEY=VALUE`` overrides, then the explicit flags on top."""
+    """The config file and ``KEY=VALUE`` overrides, then the explicit flags on top, resolved."""
     overrides = list(args.overrides)
     checkpoints = list(args.checkpoints or [])
     # `--checkpoints a b KEY=VALUE` would swallow the override: give it back.
@@ -173,21 +210,16 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.multibox:
         cfg.proposals.multibox.enabled, cfg.proposals.multibox.checkpoint = True, args.multibox
     inf = cfg.inference
-    for flag, key in (
-        ("device", "device"),
-        ("score_threshold", "score_threshold"),
-        ("max_detections", "max_detections"),
-        ("batch_size", "chunk_size"),
-    ):
-        if getattr(args, flag) is not None:
-            setattr(inf, key, getattr(args, flag))
+    for key in ("score_threshold", "max_detections", "chunk_size"):
+        if getattr(args, key) is not None:
+            setattr(inf, key, getattr(args, key))
     if args.workers is not None:
         cfg.proposals.selective_search.workers = args.workers
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    return cfg
+    return resolve_config(cfg, device=args.device, needs=Needs(data=False))
 
 
 def image_indices(names: list[str], image_set: str | None) -> list[int]:
@@ -238,7 +270,7 @@ def start_log(log: Path, fresh: bool) -> int:
 
 def detect_all(
     cfg: Config,
-    args: argparse.Namespace,
+    args: RunOptions,
     todo: list[tuple[Path, str]],
     log: Path,
     records: dict[str, dict[str, Any]],
@@ -252,7 +284,8 @@ def detect_all(
         status: 0, 2 (the detector could not be built) or 130 (interrupted), and the
         seconds spent detecting (model loading excluded).
     """
-    from detector.detector import Detector, ModelSetupError
+    from detector.build import ModelSetupError
+    from detector.detector import Detector
 
     try:
         detector = Detector.from_config(cfg)
@@ -315,7 +348,7 @@ def save_vis(folder: Path, path: str, name: str, detections: Any, top: int, bar:
 
 def write_outputs(
     cfg: Config,
-    args: argparse.Namespace,
+    args: RunOptions,
     names: list[str],
     indices: list[int],
     records: dict[str, dict[str, Any]],
@@ -331,8 +364,8 @@ def write_outputs(
         atomic_write_text(args.coco_results, json.dumps(coco_results(pairs)) + "\n")
         written["coco_results"] = args.coco_results
     if args.submission:
-        lines = submission_lines(ok, cfg.eval.max_per_class_total)
-        atomic_write_text(args.submission, "".join(lines))
+        arrays = cap_per_class(from_records(ok), cfg.eval.max_per_class_total)
+        write_submission(args.submission, arrays)
         written["submission"] = args.submission
     return summarize(names, records, written)
 
@@ -357,7 +390,7 @@ def summarize(
 
 
 def mean_timings(timings: list[dict[str, float]]) -> dict[str, float]:
-    """Mean seconds per image of each stage present (``score`` includes ``warp`` + ``cnn``)."""
+    """Mean seconds per image of each stage present."""
     out = {}
     for stage in STAGES:
         values = [t[stage] for t in timings if stage in t]
@@ -385,7 +418,7 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
     )
     if s["mean_seconds"]:
         stages = ", ".join(f"{k} {v:.3f}" for k, v in s["mean_seconds"].items())
-        print(f"  mean seconds per image: {stages}  (score = warp + cnn)")
+        print(f"  mean seconds per image: {stages}  (score = the CNNs)")
     for f in s["failed"]:
         print(f"  failed: {f['error']}")
     print(f"  wrote {', '.join(s['written'].values())}, {path}")

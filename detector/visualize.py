@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from detector.structures import Detections
+from detector.core.structures import Detections
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

@@ -29,19 +29,45 @@ On the CPU ``roi_align`` is single-threaded and ~10x slower than the resize loop
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 METHODS = ("auto", "resize", "roi_align")
 
 
-def context_boxes(boxes: np.ndarray, size: int = 224, context_pad: int = 16) -> np.ndarray:
+@dataclass(frozen=True)
+class WarpSettings:
+    """R-CNN's warp, the one place its settings live (what the members were trained with).
+
+    Attributes:
+        size: S, the side of the square crops.
+        context_pad: p, pixels of context around the box in the crop.
+        mean, std: per-channel RGB normalisation on the [0, 1] scale.
+    """
+
+    size: int
+    context_pad: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if self.size <= 2 * self.context_pad:
+            raise ValueError(
+                f"input size {self.size} must exceed twice the context pad {self.context_pad}"
+            )
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values, std > 0: {self.mean}, {self.std}")
+
+
+def context_boxes(boxes: np.ndarray, *, size: int, context_pad: int) -> np.ndarray:
     """Enlarge boxes about their centres by ``size / (size - 2 * context_pad)``.
 
     Args:
@@ -58,23 +84,20 @@ def context_boxes(boxes: np.ndarray, size: int = 224, context_pad: int = 16) -> 
     return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 
-def rounded_context_boxes(boxes: np.ndarray, size: int = 224, context_pad: int = 16) -> np.ndarray:
+def rounded_context_boxes(boxes: np.ndarray, *, size: int, context_pad: int) -> np.ndarray:
     """Context boxes with edges rounded to whole pixels, each at least 1 x 1 pixel.
 
     Returns:
         int64[N, 4]: ``[X1, Y1, X2, Y2)`` pixel edges, possibly outside the image.
     """
-    c = np.floor(context_boxes(boxes, size, context_pad).astype(np.float64) + 0.5)
+    c = np.floor(context_boxes(boxes, size=size, context_pad=context_pad).astype(np.float64) + 0.5)
     c = c.astype(np.int64)
     c[:, 2:] = np.maximum(c[:, 2:], c[:, :2] + 1)  # degenerate boxes still sample one pixel
     return c
 
 
 def normalise_image(
-    image: np.ndarray,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    pad: int = 0,
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], pad: int = 0
 ) -> np.ndarray:
     """``(image / 255 - mean) / std`` as float32, inside a zero border of ``pad`` pixels.
 
@@ -98,11 +121,8 @@ def normalise_image(
 def warp_regions(
     image: np.ndarray,
     boxes: np.ndarray,
+    warp: WarpSettings,
     *,
-    size: int = 224,
-    context_pad: int = 16,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
     device: str | torch.device = "cpu",
     out: torch.Tensor | None = None,
     method: str = "auto",
@@ -112,9 +132,7 @@ def warp_regions(
     Args:
         image (uint8[H, W, 3]): RGB.
         boxes (float32[N, 4]): internal xyxy in image pixels (may extend beyond the image).
-        size: S, the output side.
-        context_pad: p, context pixels around the box in the output.
-        mean, std: per-channel RGB normalisation on the [0, 1] scale.
+        warp: S, p, mean and std (see :class:`WarpSettings`).
         device: where the crops are produced; CUDA devices warp with roi_align there.
         out: optional float32 tensor of at least N crops, (>= N, 3, S, S) channels_last on
             ``device``, reused instead of allocating (its first N crops are returned).
@@ -128,7 +146,8 @@ def warp_regions(
     device = torch.device(device)
     if method == "auto":
         method = "resize" if device.type == "cpu" else "roi_align"
-    rounded = rounded_context_boxes(boxes, size, context_pad)
+    size, mean, std = warp.size, warp.mean, warp.std
+    rounded = rounded_context_boxes(boxes, size=size, context_pad=warp.context_pad)
     crops = _output(out, len(rounded), size, device)
     if len(rounded) == 0:
         return crops
@@ -235,3 +254,45 @@ def _warp_roi_align(
     rois[:, 1:] = torch.from_numpy(rounded.astype(np.float32) + 1.0).to(device)
     crops = roi_align(img[None], rois, (size, size), 1.0, sampling_ratio=1, aligned=True)
     return dest.copy_(crops)
+
+
+class Regions:
+    """The warped crops of one image's boxes, made chunk by chunk as they are iterated.
+
+    Warping every proposal at once would hold N x 3 x S x S floats (570 MB for 945 crops at
+    224); iterating yields chunks of at most ``chunk_size`` crops in one reused buffer, so
+    memory stays bounded. ``seconds`` accumulates the time spent warping.
+
+    Args:
+        image (uint8[H, W, 3]): RGB. boxes (float32[N, 4]): internal xyxy.
+        warp: the warp settings. device: where the crops are made. chunk_size: crops per chunk.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        warp: WarpSettings,
+        *,
+        device: str | torch.device,
+        chunk_size: int,
+    ) -> None:
+        self.image = image
+        self.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        self.warp, self.device, self.chunk_size = warp, torch.device(device), chunk_size
+        self.seconds = 0.0
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """Tensor[n, 3, S, S] chunks (channels_last, on ``device``), in box order. A chunk is
+        overwritten by the next one: score it before asking for more."""
+        buffer = None
+        for start in range(0, len(self.boxes), self.chunk_size):
+            t0 = time.perf_counter()
+            chunk = self.boxes[start : start + self.chunk_size]
+            crops = warp_regions(self.image, chunk, self.warp, device=self.device, out=buffer)
+            buffer = crops if buffer is None else buffer
+            self.seconds += time.perf_counter() - t0
+            yield crops

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.structures import ImageRecord
+from detector.core.structures import ImageRecord
 from eval.ilsvrc_ap import blacklisted
 from eval.submission import SubmissionArrays
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.structures import ClassList, ImageRecord, to_inclusive
+from detector.core.structures import ClassList, ImageRecord, to_inclusive
 from eval.submission import SubmissionArrays, ranking_order
 
 PIXEL_TOLERANCE = 10  # the devkit's pixelTolerance: small objects get a lower threshold

@@ -22,13 +22,16 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from detector.config import Config, ConfigError, add_config_args, load_config
-from detector.datasets.classes import DATA_DIR, load_classes
-from detector.paths import expand
-from detector.runtime import tune_allocator
-from detector.structures import ClassList, ImageRecord
+from detector.core.atomic import atomic_write_text
+from detector.core.config import Config, ConfigError, add_config_args, load_config
+from detector.core.paths import expand
+from detector.core.runtime import tune_allocator
+from detector.core.structures import ClassList, ImageRecord
+from detector.datasets import open_split
+from detector.resolve import DETECT, SCORE_FILE, ResolveError, resolve_config
 from eval.ilsvrc_ap import EvalResult, evaluate
 from eval.submission import (
     SubmissionArrays,
@@ -37,8 +40,6 @@ from eval.submission import (
     read_submission,
     write_submission,
 )
-
-SHIPPED_BLACKLISTS = {"ilsvrc2014": DATA_DIR / "ilsvrc2014_det_val_blacklist.txt"}
 
 
 class InputError(ValueError):
@@ -73,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-images",
         type=int,
-        default=0,
+        default=MapOptions.max_images,
         help="run the detector on the first N images of the split only and score those (0 = all)",
     )
     parser.add_argument(
@@ -111,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         cfg = load_config(args.config, args.overrides)
-        return run(args, cfg)
-    except (InputError, ConfigError, ValueError, OSError, KeyError) as e:
+        if args.blacklist is not None:
+            cfg.data.blacklist = "" if args.blacklist == "none" else args.blacklist
+        if args.classes is not None:
+            cfg.data.classes = args.classes
+        needs = SCORE_FILE if args.detections else DETECT
+        cfg = resolve_config(cfg, data_root=args.data_root, needs=needs)
+        return evaluate_split(cfg, MapOptions.from_args(args))
+    except (InputError, ConfigError, ResolveError, ValueError, OSError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, OSError) and e.filename:
             message = f"{e.filename}: {e.strerror}"
@@ -120,11 +127,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run(args: argparse.Namespace, cfg: Config) -> int:
+@dataclass
+class MapOptions:
+    """What to score and what to write (the flags of ``python -m eval.map``)."""
+
+    split: str | None = None  # None = data.val_split
+    detections: str | None = None  # a submission file; None = run the detector
+    output_dir: str | None = None  # None = eval.output_dir
+    max_images: int = 0
+    json: str | None = None
+    plot_pr: str | None = None
+    no_coco_check: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MapOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def evaluate_split(cfg: Config, args: MapOptions) -> int:
+    """Score the split of a resolved config: a submission file, or the detector's output.
+
+    Raises:
+        InputError, ValueError, OSError: bad input, naming the file (``main`` prints them).
+    """
     split = args.split or cfg.data.val_split
-    root, demo = data_root(args.data_root, cfg)
-    records, classes = load_split(cfg, root, split, args.classes)
-    blacklist_path = resolve_blacklist(args.blacklist, cfg, demo)
+    records, classes = open_split(cfg.data, split)
+    blacklist_path = Path(cfg.data.blacklist) if cfg.data.blacklist else None
     pairs = read_blacklist_pairs(blacklist_path, classes)
     if args.detections:
         if args.max_images:
@@ -132,20 +160,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 "--max-images applies when running the detector, not with --detections"
             )
         submission = Path(args.detections)
-        indices = [r.index for r in records]
-        arrays = read_submission(submission, num_classes=len(classes), image_indices=indices)
     else:
         if args.max_images > 0:
             records = records[: args.max_images]
         out_dir = expand(args.output_dir or cfg.eval.output_dir)
         submission = run_detector(cfg, records, split, out_dir)
-        arrays = read_submission(submission, len(classes), [r.index for r in records])
+    arrays = read_submission(submission, num_classes=len(classes), image_indices=[r.index for r in records])
     t0 = time.perf_counter()
     result = evaluate(records, arrays, len(classes), pairs, iou=cfg.eval.iou)
     seconds = time.perf_counter() - t0
     coco = None if args.no_coco_check else coco_cross_check(records, arrays, len(classes), pairs)
     print_report(result, classes, split, submission, blacklist_path, coco, seconds)
     if args.json:
+        root = Path(cfg.data.root)
         write_json(Path(args.json), result, classes, split, root, submission, blacklist_path, coco)
     if args.plot_pr:
         from eval.plots import plot_pr_curves
@@ -153,64 +180,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         files = plot_pr_curves(result, classes, args.plot_pr)
         print(f"precision-recall plots: {len(files)} PNG files in {args.plot_pr}")
     return 0
-
-
-def data_root(arg: str | None, cfg: Config) -> tuple[Path, bool]:
-    """The dataset root, and whether it is the embedded demo (no root given anywhere)."""
-    root = arg if arg is not None else cfg.data.root
-    if root:
-        path = expand(root)
-        if not path.is_dir():
-            raise InputError(f"{path}: data root is not a directory")
-        return path, False
-    try:
-        from detector.datasets.demo import ensure_demo_dataset
-    except ImportError as e:
-        raise InputError(f"no --data-root and the demo dataset is unavailable ({e})") from None
-    return Path(ensure_demo_dataset(cfg)), True
-
-
-def load_split(
-    cfg: Config, root: Path, split: str, classes_arg: str | None
-) -> tuple[list[ImageRecord], ClassList]:
-    """All records of the split (annotations only) and the class list they are labelled with."""
-    classes_file = classes_arg if classes_arg is not None else cfg.data.classes
-    classes = load_classes(expand(classes_file)) if classes_file else None
-    fmt = cfg.data.format
-    if fmt == "ilsvrc":
-        from detector.datasets.ilsvrc import IlsvrcDet
-
-        ds = IlsvrcDet(root, split, classes)
-    elif fmt == "voc":
-        from detector.datasets.voc import VocDataset
-
-        ds = VocDataset(root, split, classes)
-    elif fmt == "coco":
-        from detector.datasets.coco import CocoDataset
-
-        if not cfg.data.coco_annotations:
-            raise InputError("data.format=coco needs data.coco_annotations (the instances JSON)")
-        ds = CocoDataset(expand(cfg.data.coco_annotations), root, classes)
-    else:
-        raise InputError(f"data.format {fmt!r} is not one of ilsvrc, voc, coco")
-    return list(ds), ds.classes
-
-
-def resolve_blacklist(arg: str | None, cfg: Config, demo: bool) -> Path | None:
-    """``--blacklist`` or ``data.blacklist``; a shipped name maps to its file."""
-    value = arg if arg is not None else cfg.data.blacklist
-    if not value or value == "none":
-        return None
-    if value in SHIPPED_BLACKLISTS:
-        if demo:
-            # the official list names ILSVRC val images; on the demo it would hit random ones
-            print(f"note: blacklist {value!r} ignored on the demo dataset", file=sys.stderr)
-            return None
-        return SHIPPED_BLACKLISTS[value]
-    path = expand(value)
-    if not path.is_file():
-        raise InputError(f"{path}: blacklist file not found")
-    return path
 
 
 def read_blacklist_pairs(path: Path | None, classes: ClassList) -> set[tuple[int, int]]:
@@ -223,14 +192,9 @@ def read_blacklist_pairs(path: Path | None, classes: ClassList) -> set[tuple[int
 
 def run_detector(cfg: Config, records: list[ImageRecord], split: str, out_dir: Path) -> Path:
     """Detect on every image of ``records``, write the capped submission file, return its path."""
-    try:
-        from detector.detector import Detector
+    from detector.detector import Detector
 
-        detector = Detector.from_config(cfg)
-    except ImportError as e:
-        raise InputError(
-            f"the detector is unavailable ({e}); score a file with --detections"
-        ) from None
+    detector = Detector.from_config(cfg)
     missing = [r.image_id for r in records if r.path is None]
     if missing:
         raise InputError(
@@ -238,7 +202,9 @@ def run_detector(cfg: Config, records: list[ImageRecord], split: str, out_dir: P
         )
     by_path = {str(r.path): r.index for r in records}
     items = []
-    for item, result in _detect_all(detector, [str(r.path) for r in records], cfg):
+    paths = [str(r.path) for r in records]
+    workers = cfg.proposals.selective_search.workers
+    for item, result in detector.detect_many(paths, workers=workers):
         if isinstance(result, Exception):
             # one unreadable image loses its detections, never the run
             print(f"warning: {item}: {result}", file=sys.stderr)
@@ -248,17 +214,6 @@ def run_detector(cfg: Config, records: list[ImageRecord], split: str, out_dir: P
     path = write_submission(out_dir / f"{split}_submission.txt", arrays)
     print(f"detections: {len(arrays)} on {len(records)} images -> {path}")
     return path
-
-
-def _detect_all(detector, paths: list[str], cfg: Config):
-    if hasattr(detector, "detect_many"):
-        yield from detector.detect_many(paths, workers=cfg.proposals.selective_search.workers)
-        return
-    for p in paths:
-        try:
-            yield p, detector(p)
-        except Exception as e:  # noqa: BLE001 - reported per image
-            yield p, e
 
 
 def coco_cross_check(
@@ -335,8 +290,7 @@ def write_json(
             "mAP": coco.mAP,
             "ap": [None if v != v else float(v) for v in coco.ap],  # NaN -> null
         }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write_text(out, json.dumps(report, indent=1))
     print(f"json: {out}")
 
 

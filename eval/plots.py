@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detector.structures import ClassList
+from detector.core.structures import ClassList
 from eval.ilsvrc_ap import EvalResult
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.structures import Detections, to_inclusive
+from detector.core.atomic import atomic_write_text
+from detector.core.structures import Detections, to_inclusive
 
 # Structured row of one line; numpy's C parser rejects "1.0" for an int field like int() does.
 _ROW_DTYPE = np.dtype([("image", "i8"), ("cls", "i8"), ("score", "f8"), ("box", "f8", (4,))])
@@ -74,6 +75,16 @@ def from_detections(items: Iterable[tuple[int, Detections]]) -> SubmissionArrays
     )
 
 
+def from_records(items: Iterable[tuple[int, dict]]) -> SubmissionArrays:
+    """``(image_index, ok record of a detections log)`` pairs -> rows (see ``detector.outputs``)."""
+    dets = []
+    for index, record in items:
+        d = record["detections"]
+        boxes = np.asarray(d["boxes"], np.float64).reshape(-1, 4)  # as logged, not rounded again
+        dets.append((index, Detections(boxes=boxes, scores=d["scores"], labels=d["labels"])))
+    return from_detections(dets)
+
+
 def ranking_order(arrays: SubmissionArrays) -> np.ndarray:
     """The devkit's global ranking: descending score; ties by image index, then file order.
 
@@ -104,15 +115,21 @@ def cap_per_class(arrays: SubmissionArrays, max_per_class_total: int) -> Submiss
 
 
 def write_submission(path: str | Path, arrays: SubmissionArrays) -> Path:
-    """Write rows as devkit lines (scores with 9 significant digits, boxes with 2 decimals)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for i, c, s, b in zip(
-            arrays.image_index, arrays.class_id, arrays.score, arrays.boxes, strict=True
-        ):
-            f.write(f"{i} {c} {s:.9g} {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f}\n")
-    return path
+    """Write rows as devkit lines, atomically, the one submission writer of the project.
+
+    Lines are ordered by image index, then by descending score (ties keep their order), so
+    every command writes the same file for the same detections. Scores keep 9 significant
+    digits, boxes 2 decimals.
+    """
+    by_image = np.argsort(arrays.image_index, kind="stable")
+    order = by_image[np.argsort(-arrays.score[by_image], kind="stable")]
+    order = order[np.argsort(arrays.image_index[order], kind="stable")]
+    rows = arrays.take(order)
+    lines = [
+        f"{i} {c} {s:.9g} {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f}\n"
+        for i, c, s, b in zip(rows.image_index, rows.class_id, rows.score, rows.boxes, strict=True)
+    ]
+    return atomic_write_text(path, "".join(lines))
 
 
 def read_submission(

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.structures import Proposals
+from detector.core.structures import Proposals
 
 CACHE_VERSION = 1  # bump when the proposals for the same image and settings change
 _KEY = re.compile(r"^[0-9a-f]{64}$")

@@ -6,17 +6,16 @@ recomputed. Either source may be disabled.
 
 Example::
 
-    from detector.config import load_config
+    from detector import load_config, resolve_config
     from proposals.generator import ProposalGenerator
 
-    generator = ProposalGenerator.from_config(load_config("demo"))
+    generator = ProposalGenerator.from_config(resolve_config(load_config("demo")))
     proposals = generator(image)                       # Proposals, both sources
     many = generator.propose_many(images, workers=2)   # selective search in a process pool
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,19 +23,16 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
-import torch
 
-from detector.config import Config, ConfigError
-from detector.paths import cache_root, expand
-from detector.structures import Proposals, ProposalSource
+from detector.core.config import Config, ConfigError
+from detector.core.devices import resolve_device
+from detector.core.paths import cache_root, expand
+from detector.core.structures import Proposals, ProposalSource
 from proposals.cache import ProposalCache, cache_key
 from proposals.merge import merge_proposals
-from proposals.multibox import MultiBox
+from proposals.multibox.model import MultiBox
 from proposals.pool import SelectiveSearchPool
-from proposals.selective_search import selective_search
-
-# SelectiveSearchConfig fields that are not selective_search() arguments
-_NOT_SETTINGS = ("enabled", "workers", "cache_dir")
+from proposals.selective_search import selective_search, settings_from_config
 
 
 class ProposalGenerator:
@@ -47,15 +43,17 @@ class ProposalGenerator:
             source is off).
         multibox: a loaded MultiBox model (None = the source is off).
         cache: where selective-search boxes are kept (None = no cache).
-        workers: default process-pool size of :meth:`propose_many` (0 = all cores).
+        workers: processes computing selective search in :meth:`propose_many` and
+            :meth:`process_pool` (0 = all cores).
     """
 
     def __init__(
         self,
         selective_search_settings: dict[str, Any] | None,
         multibox: MultiBox | None,
-        cache: ProposalCache | None = None,
-        workers: int = 0,
+        *,
+        cache: ProposalCache | None,
+        workers: int,
     ) -> None:
         self.ss_settings = (
             None if selective_search_settings is None else dict(selective_search_settings)
@@ -68,23 +66,18 @@ class ProposalGenerator:
     def from_config(cls, cfg: Config, device: str | None = None) -> ProposalGenerator:
         """Build from ``cfg.proposals``; an enabled MultiBox without a checkpoint is a ConfigError.
 
-        ``device`` (MultiBox's) defaults to ``cfg.inference.device`` ("auto": CUDA when present).
+        ``device`` (MultiBox's) defaults to ``cfg.inference.device``.
         """
-        if device is None:
-            device = cfg.inference.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device or cfg.inference.device))
         ss_cfg = cfg.proposals.selective_search
         settings = None
         if ss_cfg.enabled:
-            settings = {
-                k: v for k, v in dataclasses.asdict(ss_cfg).items() if k not in _NOT_SETTINGS
-            }
+            settings = settings_from_config(ss_cfg)
         return cls(
             settings,
             _multibox_from_config(cfg, device),
-            _cache_from_config(ss_cfg.cache_dir),
-            ss_cfg.workers,
+            cache=_cache_from_config(ss_cfg.cache_dir),
+            workers=ss_cfg.workers,
         )
 
     def __call__(self, image: np.ndarray, pool: SelectiveSearchPool | None = None) -> Proposals:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.structures import Proposals, ProposalSource
+from detector.core.structures import Proposals, ProposalSource
 
 
 def merge_proposals(ss_boxes: np.ndarray, multibox: Proposals) -> Proposals:

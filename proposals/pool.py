@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
-import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -31,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detector.io import DEFAULT_MAX_PIXELS, load_image
+from detector.core.io import DEFAULT_MAX_PIXELS, load_image
+from detector.core.runtime import available_cores
 from proposals.selective_search import selective_search, settings_from_config
 
 if TYPE_CHECKING:
-    from detector.config import Config
+    from detector.core.config import Config
 
 Item = np.ndarray | str | Path
 Result = np.ndarray | Exception
@@ -43,13 +43,6 @@ Result = np.ndarray | Exception
 
 class ProposalError(RuntimeError):
     """Selective search failed on one item; the message names the item and the cause."""
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class SelectiveSearchPool:

@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from detector.config import SelectiveSearchConfig
+from detector.core.config import SelectiveSearchConfig
+
+_DEFAULTS = SelectiveSearchConfig()  # the paper's settings, defined once in the config
 
 _seg = cv2.ximgproc.segmentation
 
@@ -63,13 +64,13 @@ _STRATEGY_BUILDERS = {
 def selective_search(
     image: np.ndarray,
     *,
-    resize_width: int = 500,
-    ks: Sequence[int] = (100, 200),
-    min_size_factor: float = 1.0,
-    sigma: float = 0.8,
-    color_spaces: Sequence[str] = ("hsv", "lab"),
-    strategies: Sequence[str] = ("color+texture+size+fill", "texture+size+fill"),
-    min_side: int = 20,
+    resize_width: int = _DEFAULTS.resize_width,
+    ks: Sequence[int] = tuple(_DEFAULTS.ks),
+    min_size_factor: float = _DEFAULTS.min_size_factor,
+    sigma: float = _DEFAULTS.sigma,
+    color_spaces: Sequence[str] = tuple(_DEFAULTS.color_spaces),
+    strategies: Sequence[str] = tuple(_DEFAULTS.strategies),
+    min_side: int = _DEFAULTS.min_side,
 ) -> np.ndarray:
     """Selective-search boxes of one image, in original-image pixels.
 

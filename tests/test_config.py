@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import Config, ConfigError, add_config_args, apply_override, load_config
+from detector.core.config import Config, ConfigError, add_config_args, apply_override, load_config
 
 
 def test_paper_config_states_the_paper_setup() -> None:
@@ -82,3 +82,15 @@ def test_cli_arguments_parse_config_and_overrides() -> None:
     args = parser.parse_args(["--config", "ilsvrc2014", "model.members=2"])
     cfg = load_config(args.config, args.overrides)
     assert isinstance(cfg, Config) and cfg.model.members == 2
+
+
+def test_the_paper_config_equals_the_defaults():
+    """configs/ilsvrc2014.yaml restates the dataclass defaults: nothing in it differs."""
+    paper = load_config("ilsvrc2014").to_dict()
+    defaults = Config().to_dict()
+    paper.pop("source"), defaults.pop("source")
+    assert paper == defaults
+
+
+def test_the_demo_config_drops_the_ilsvrc_blacklist():
+    assert load_config("demo").data.blacklist == ""

@@ -9,17 +9,17 @@ import json
 import numpy as np
 import pytest
 
-from detector.config import load_config
-from detector.datasets import IlsvrcDet
+from detector.core.config import load_config
+from detector.core.io import load_image
+from detector.core.structures import Detections
 from detector.datasets.demo import ensure_demo_dataset
+from detector.datasets.ilsvrc import IlsvrcDet
 from detector.detector import Detector
-from detector.io import load_image
 from detector.nms import per_class_nms
-from detector.structures import Detections
-from detector.train import train_member
+from detector.training.classifier import train_member
+from detector.training.multibox import train_multibox
 from eval.ilsvrc_ap import evaluate
 from eval.submission import from_detections
-from proposals.multibox_train import train_multibox
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detector.structures import ClassList
+from detector.core.structures import ClassList
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CLASSES = (

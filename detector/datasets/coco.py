@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.core.structures import ClassList, ImageRecord
 from detector.datasets.ilsvrc import AnnotationError
-from detector.structures import ClassList, ImageRecord
 
 
 class CocoDataset:

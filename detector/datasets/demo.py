@@ -26,7 +26,7 @@ give byte-identical trees. 240 + 40 images take about 4 s of CPU (~7 MB).
 
 :func:`ensure_demo_dataset` generates on first use into ``cfg.data.demo_dir`` (or a given
 folder), else ``<cache>/demo/v<version>``, where ``<cache>`` is ``$INCEPTION_RCNN_CACHE``
-if set, else ``~/.cache/inception-rcnn`` (``detector.paths.cache_root``). It writes into a
+if set, else ``~/.cache/inception-rcnn`` (``detector.core.paths.cache_root``). It writes into a
 temporary sibling folder and renames it into place once complete, marker last, so a
 half-written tree is never used.
 
@@ -54,12 +54,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detector.paths import cache_root, expand
-from detector.structures import ClassList
+from detector.core.paths import cache_root, expand
+from detector.core.structures import ClassList
 
 GENERATOR_VERSION = 1  # bump when the output changes; the default cache folder is per version
 MARKER = "demo_dataset.json"
-CACHE_ENV = "INCEPTION_RCNN_CACHE"  # cache root (detector.paths); default ~/.cache/inception-rcnn
+CACHE_ENV = "INCEPTION_RCNN_CACHE"  # cache root (detector.core.paths); default ~/.cache/inception-rcnn
 JPEG_QUALITY = 90  # fixed so that the files are reproducible
 LONG_SIDE = (256, 320)  # image long side in pixels, inclusive range
 ASPECTS = (1.0, 4 / 3, 3 / 2)  # long / short side
@@ -527,7 +527,7 @@ def write_dataset(root: str | Path, *, num_train: int, num_val: int, seed: int) 
 
 
 def default_demo_dir() -> Path:
-    """``<cache root>/demo/v<version>``; the root is ``detector.paths.cache_root()``."""
+    """``<cache root>/demo/v<version>``; the root is ``detector.core.paths.cache_root()``."""
     return cache_root() / "demo" / f"v{GENERATOR_VERSION}"
 
 
@@ -539,23 +539,14 @@ def read_marker(root: Path) -> dict | None:
         return None
 
 
-def _target_dir(cfg_or_dir) -> Path:
-    if cfg_or_dir is None:
-        return default_demo_dir()
-    if isinstance(cfg_or_dir, (str, Path)):
-        return expand(str(cfg_or_dir))
-    demo_dir = cfg_or_dir.data.demo_dir  # a detector.config.Config
-    return expand(demo_dir) if demo_dir else default_demo_dir()
-
-
 def ensure_demo_dataset(
-    cfg_or_dir=None, *, num_train: int = 240, num_val: int = 40, seed: int = 0, force: bool = False
+    folder: str | Path | None = None, *, num_train: int = 240, num_val: int = 40, seed: int = 0, force: bool = False
 ) -> Path:
     """Return the root of a complete demo tree, generating it first when needed.
 
     Args:
-        cfg_or_dir: a ``Config`` (uses ``cfg.data.demo_dir``), a folder, or None for
-            ``$INCEPTION_RCNN_CACHE/demo/v<version>`` (default ``~/.cache/inception-rcnn``).
+        folder: where the tree goes; None for ``$INCEPTION_RCNN_CACHE/demo/v<version>``
+            (default ``~/.cache/inception-rcnn``).
         num_train, num_val: images per split.
         seed: the generator's seed.
         force: regenerate even when a matching tree exists.
@@ -565,7 +556,7 @@ def ensure_demo_dataset(
     """
     if min(num_train, num_val) < 0:
         raise ValueError(f"demo dataset: image counts must be >= 0, got {num_train}, {num_val}")
-    root = _target_dir(cfg_or_dir)
+    root = expand(str(folder)) if folder else default_demo_dir()
     wanted = settings(num_train, num_val, seed)
     if not force and read_marker(root) == wanted:
         return root
@@ -637,7 +628,7 @@ def write_previews(root: Path, out: Path, split: str, count: int) -> list[Path]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from detector.config import add_config_args
+    from detector.core.config import add_config_args
 
     parser = argparse.ArgumentParser(
         description="Generate the embedded demo dataset in the ILSVRC DET layout.",
@@ -668,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = args.out
         if target is None:
-            from detector.config import load_config
+            from detector.core.config import load_config
 
             target = load_config(args.config, args.overrides)
         start = time.perf_counter()

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 from defusedxml import ElementTree
 
-from detector.datasets.classes import default_classes, load_classes
-from detector.structures import ClassList, ImageRecord, from_inclusive
+from detector.core.structures import ClassList, ImageRecord, from_inclusive
+from detector.datasets.classes import DATA_DIR, default_classes, load_classes
 
 IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG")
+# Blacklists shipped with the package, by the name ``data.blacklist`` may give instead of a path.
+SHIPPED_BLACKLISTS = {"ilsvrc2014": DATA_DIR / "ilsvrc2014_det_val_blacklist.txt"}
 
 
 class AnnotationError(ValueError):
@@ -180,8 +182,15 @@ class IlsvrcDet:
         return None
 
 
-def find_classes(root: Path) -> ClassList:
+def classes_file(root: Path) -> Path | None:
+    """The tree's own class list (``devkit/data/map_det.txt`` or ``map_det.txt``), if any."""
     for candidate in (root / "devkit" / "data" / "map_det.txt", root / "map_det.txt"):
         if candidate.exists():
-            return load_classes(candidate)
-    return default_classes()
+            return candidate
+    return None
+
+
+def find_classes(root: Path) -> ClassList:
+    """The tree's class list, else the 200 shipped ILSVRC classes."""
+    path = classes_file(root)
+    return load_classes(path) if path is not None else default_classes()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.core.structures import ClassList, ImageRecord
 from detector.datasets.ilsvrc import AnnotationError, read_xml
-from detector.structures import ClassList, ImageRecord
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

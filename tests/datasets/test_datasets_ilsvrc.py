@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.datasets import IlsvrcDet, default_classes, parse_annotation, read_blacklist
-from detector.datasets.classes import DATA_DIR
-from detector.datasets.ilsvrc import AnnotationError, read_image_set
-from detector.structures import to_inclusive
+from detector.core.structures import to_inclusive
+from detector.datasets.classes import DATA_DIR, default_classes
+from detector.datasets.ilsvrc import (
+    AnnotationError,
+    IlsvrcDet,
+    parse_annotation,
+    read_blacklist,
+    read_image_set,
+)
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "ilsvrc_annotations"
 

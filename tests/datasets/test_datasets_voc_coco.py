@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from detector.core.structures import ClassList
 from detector.datasets.coco import CocoDataset
 from detector.datasets.ilsvrc import AnnotationError
 from detector.datasets.voc import VocDataset, voc_classes
-from detector.structures import ClassList
 
 # ---- VOC ------------------------------------------------------------------------------------
 

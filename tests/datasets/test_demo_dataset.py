@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.config import load_config
 from detector.datasets import demo
 from detector.datasets.ilsvrc import IlsvrcDet
 
@@ -140,8 +139,9 @@ def test_default_location_follows_the_cache_env_var_and_the_config(
     root = demo.ensure_demo_dataset(None, num_train=1, num_val=1)
     assert root == tmp_path / "cache" / "demo" / f"v{demo.GENERATOR_VERSION}"
     assert (root / demo.MARKER).exists()
-    cfg = load_config("demo", [f"data.demo_dir={tmp_path / 'from_cfg'}"])
-    assert demo.ensure_demo_dataset(cfg, num_train=1, num_val=1) == tmp_path / "from_cfg"
+    # data.demo_dir moves it; the resolve step reads the config (it also builds 240 + 40)
+    folder = tmp_path / "from_cfg"
+    assert demo.ensure_demo_dataset(folder, num_train=1, num_val=1) == folder
 
 
 def test_cli_writes_dataset_and_previews(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

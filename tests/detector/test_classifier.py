@@ -16,11 +16,21 @@ from detector.classifier import (
     load_members,
     save_checkpoint,
 )
-from detector.structures import ClassList
+from detector.core.config import IMAGENET_MEAN, IMAGENET_STD
+from detector.core.structures import ClassList
+from detector.warp import WarpSettings
 
 torch.set_num_threads(1)
 CLASSES = ClassList(["n01", "n02", "n03"], ["cat", "dog", "fish"])
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def warp(size: int = 224, pad: int = 16) -> WarpSettings:
+    return WarpSettings(size=size, context_pad=pad, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def meta_of(size: int = 224, member: int = 0, seed: int = 0) -> dict:
+    return checkpoint_metadata(CLASSES, warp(size), config_digest="", member=member, seed=seed)
 
 
 def _model(seed: int = 0, outputs: int = 4) -> torch.nn.Module:
@@ -78,9 +88,7 @@ def test_missing_imagenet_weights_error_or_fallback(tmp_path: Path) -> None:
 
 def test_safetensors_round_trip(tmp_path: Path) -> None:
     model = _model()
-    meta = checkpoint_metadata(
-        CLASSES, input_size=64, context_pad=8, config_digest="abc", member=2, seed=7
-    )
+    meta = checkpoint_metadata(CLASSES, warp(64, 8), config_digest="abc", member=2, seed=7)
     path = save_checkpoint(tmp_path / "sub" / "m.safetensors", model, meta)
     assert [p.name for p in path.parent.iterdir()] == ["m.safetensors"]  # no temp file left
     loaded, got = load_checkpoint(path, classes=CLASSES)
@@ -111,16 +119,12 @@ def test_torch_pt_round_trip_weights_only(tmp_path: Path) -> None:
 def test_mismatches_raise_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
-    path = save_checkpoint(
-        tmp_path / "m.safetensors", _model(outputs=4), checkpoint_metadata(CLASSES)
-    )
+    path = save_checkpoint(tmp_path / "m.safetensors", _model(outputs=4), meta_of())
     five = ClassList([f"n{i}" for i in range(5)], [f"c{i}" for i in range(5)])
     with pytest.raises(CheckpointError, match="expected 6 outputs .* found 4"):
         load_checkpoint(path, classes=five)
     with pytest.raises(CheckpointError, match="3 classes"):
-        save_checkpoint(
-            tmp_path / "bad.safetensors", _model(outputs=5), checkpoint_metadata(CLASSES)
-        )
+        save_checkpoint(tmp_path / "bad.safetensors", _model(outputs=5), meta_of())
     state = _model().state_dict()
     state["conv1.conv.weight"] = torch.zeros(64, 3, 5, 5)
     torch.save(state, tmp_path / "shape.pt")
@@ -136,16 +140,14 @@ def test_load_members_agree_or_fail(tmp_path: Path) -> None:
         save_checkpoint(
             tmp_path / f"member_{i}.safetensors",
             _model(i),
-            checkpoint_metadata(CLASSES, input_size=64, member=i, seed=i),
+            meta_of(64, member=i, seed=i),
         )
         for i in range(2)
     ]
     models, meta = load_members(paths)
     assert len(models) == 2 and meta["input_size"] == 64
     assert [m["seed"] for m in meta["members"]] == [0, 1]
-    other = save_checkpoint(
-        tmp_path / "other.safetensors", _model(), checkpoint_metadata(CLASSES, input_size=96)
-    )
+    other = save_checkpoint(tmp_path / "other.safetensors", _model(), meta_of(96))
     with pytest.raises(CheckpointError, match="input_size differs"):
         load_members([paths[0], other])
     with pytest.raises(CheckpointError, match="no checkpoints"):

@@ -13,52 +13,26 @@ import torch
 from PIL import Image
 from skimage import data
 
-from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
-from detector.config import Config, load_config
-from detector.detector import Detector, ModelSetupError
-from detector.io import ImageLoadError
+from detector.batch import scoring_leaves_cores_free
+from detector.build import ModelSetupError
+from detector.core.config import load_config
+from detector.core.io import ImageLoadError
+from detector.core.structures import Detections
+from detector.detector import Detector
 from detector.nms import per_class_nms
-from detector.structures import ClassList, Detections
-
-CLASSES = ClassList(["n01", "n02", "n03"], ["cat", "dog", "cup"])
-# Small crops and coarse selective search keep every detection around a second.
-FAST = [
-    "model.members=2",
-    "proposals.multibox.enabled=false",
-    "proposals.selective_search.resize_width=100",
-    "proposals.selective_search.min_side=30",
-    "proposals.selective_search.cache_dir=none",
-    "inference.precision=fp32",
-    "inference.score_threshold=0.2",
-    "inference.threads=1",  # the suite shares 2 cores: one thread is far cheaper under load
-]
-
-
-def build_members(folder: Path, n: int = 2) -> list[Path]:
-    """``n`` random-weight 3-class GoogLeNets at 32 x 32 input, saved as real checkpoints."""
-    paths = []
-    for i in range(n):
-        torch.manual_seed(i)
-        meta = checkpoint_metadata(CLASSES, input_size=32, context_pad=4, member=i, seed=i)
-        paths.append(save_checkpoint(folder / f"member_{i}.safetensors", build_googlenet(4), meta))
-    return paths
-
-
-def fast_config(models: Path, *extra: str) -> Config:
-    return load_config(None, [f"model.checkpoint_dir={models}", *FAST, *extra])
+from detector.resolve import Needs, ResolveError, resolve_config
+from tests.conftest import CLASSES, FAST, fast_config
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
+def models(random_members) -> Path:
     torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("models")
-    build_members(folder)
-    return folder
+    return random_members
 
 
 @pytest.fixture(scope="module")
 def detector(models) -> Detector:
-    return Detector.from_config(fast_config(models), device="cpu")
+    return Detector.from_config(fast_config(models))
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +58,11 @@ def test_detections_are_the_paper_pipeline(detector, image, reference):
     assert isinstance(d, Detections) and len(d) > 0
     # The same steps by hand: proposals -> averaged softmax of the warped crops -> NMS.
     proposals = detector.proposer(image)
-    probs = detector.ensemble.score_image(image, proposals.boxes, context_pad=4)
+    probs = detector.scorer.score_image(image, proposals.boxes)
     boxes, scores, labels = per_class_nms(
-        proposals.boxes, probs, nms_iou=0.3, score_threshold=0.2, max_per_class=100
-    )
+        proposals.boxes, probs, nms_iou=0.3, score_threshold=0.2, max_per_class=100,
+        max_detections=0,
+    )  # fmt: skip
     np.testing.assert_array_equal(d.boxes, boxes)
     np.testing.assert_allclose(d.scores, scores, rtol=1e-5)
     np.testing.assert_array_equal(d.labels, labels)
@@ -97,8 +72,9 @@ def test_detections_are_the_paper_pipeline(detector, image, reference):
     assert set(d.labels) <= {1, 2, 3} and (d.scores > 0.2).all()
     assert (np.diff(d.scores) <= 0).all()
     assert (d.boxes[:, :2] >= 0).all() and (d.boxes[:, 2] <= 160).all()
-    assert {"load", "propose", "score", "nms", "warp", "cnn"} <= set(d.timings)
-    assert detector.input_size == 32 and detector.context_pad == 4  # from the checkpoints
+    assert {"load", "propose", "warp", "score", "nms"} == set(d.timings)
+    assert min(d.timings.values()) >= 0
+    assert detector.scorer.warp.size == 32 and detector.scorer.warp.context_pad == 4  # checkpoints
 
 
 def test_array_path_pil_and_list_agree(detector, image, reference, tmp_path):
@@ -144,10 +120,10 @@ def test_pipelines_only_when_scoring_leaves_cores_free(detector, monkeypatch):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        monkeypatch.setattr("detector.detector._available_cores", lambda: 2)
-        assert detector.scoring_leaves_cores_free()
-        monkeypatch.setattr("detector.detector._available_cores", lambda: 1)
-        assert not detector.scoring_leaves_cores_free()
+        monkeypatch.setattr("detector.batch.available_cores", lambda: 2)
+        assert scoring_leaves_cores_free(detector)
+        monkeypatch.setattr("detector.batch.available_cores", lambda: 1)
+        assert not scoring_leaves_cores_free(detector)
     finally:
         torch.set_num_threads(threads)
 
@@ -183,62 +159,62 @@ def test_concurrent_calls_match_sequential(detector, image, reference):
         assert_same(d, expected)
 
 
-def test_from_checkpoints_and_overrides(models, image):
+def test_from_checkpoints_and_settings(models, image):
     paths = sorted(models.glob("member_*.safetensors"))
-    det = Detector.from_checkpoints(
-        paths, config=fast_config(models), device="cpu", score_threshold=1.0, max_pixels=10_000
-    )
-    assert det.score_threshold == 1.0 and det.proposer.multibox is None
+    config = fast_config(models, "inference.score_threshold=1.0", "data.max_pixels=10000")
+    det = Detector.from_checkpoints(paths, config=config)
+    assert det.nms_settings.score_threshold == 1.0 and det.proposer.multibox is None
     assert len(det(image[:48, :48])) == 0  # no probability exceeds 1
     with pytest.raises(ImageLoadError, match="too many pixels"):
         det(image)  # 160 x 128 > 10,000
 
 
-def test_setup_errors_say_what_is_expected(models, tmp_path, monkeypatch):
+def test_setup_errors_say_what_is_expected(models, tmp_path):
     with pytest.raises(ModelSetupError, match=r"expected 3 ensemble members .* found 2"):
-        Detector.from_config(fast_config(models, "model.members=3"), device="cpu")
+        Detector.from_config(fast_config(models, "model.members=3"))
     with pytest.raises(ModelSetupError, match=r"checkpoint not found: .*nope\.safetensors"):
         Detector.from_config(
-            fast_config(models, f"model.checkpoints=[{tmp_path}/nope.safetensors]"), device="cpu"
+            fast_config(models, f"model.checkpoints=[{tmp_path}/nope.safetensors]")
         )
-    with pytest.raises(ModelSetupError, match=r"MultiBox checkpoint not found: .*mb\.safetensors"):
-        Detector.from_config(
-            fast_config(
-                models,
-                "proposals.multibox.enabled=true",
-                f"proposals.multibox.checkpoint={tmp_path}/mb.safetensors",
-            ),
-            device="cpu",
-        )
+    with pytest.raises(ModelSetupError, match=r"resolve the config first"):
+        Detector.from_config(load_config(None, FAST))  # the demo's paths are filled by resolve
+
+
+def test_resolve_errors_say_what_is_missing_and_how_to_train(models, tmp_path, monkeypatch):
+    missing_mb = fast_config(
+        models,
+        "proposals.multibox.enabled=true",
+        f"proposals.multibox.checkpoint={tmp_path}/mb.safetensors",
+    )
+    with pytest.raises(ResolveError, match=r"mb\.safetensors: MultiBox checkpoint not found"):
+        resolve_config(missing_mb, data_root=str(tmp_path))
     # The demo config looks in the demo models folder; unbuilt, the error says how to build.
     monkeypatch.setenv("INCEPTION_RCNN_CACHE", str(tmp_path / "cache"))
-    cfg = load_config(None, FAST)
-    with pytest.raises(ModelSetupError, match=r"python -m detector\.demo"):
-        Detector.from_config(cfg, device="cpu")
+    with pytest.raises(ResolveError, match=r"python -m detector\.demo --build-only"):
+        resolve_config(load_config(None, FAST), needs=Needs(data=False))
 
 
 def test_int8_calibrates_on_the_first_image(models, image) -> None:
-    det = Detector.from_config(fast_config(models, "inference.precision=int8"), device="cpu")
-    assert det.ensemble.needs_calibration
-    probs = det.score(image, det.propose(image).boxes)
-    assert not det.ensemble.needs_calibration
+    det = Detector.from_config(fast_config(models, "inference.precision=int8"))
+    assert det.scorer.needs_calibration
+    probs = det.scorer.score(det.scorer.regions(image, det.proposer(image).boxes))
+    assert not det.scorer.needs_calibration
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
 
 
 def test_int8_detect_many_calibrates_on_its_first_images(models, image, tmp_path, monkeypatch):
     det = Detector.from_config(
-        fast_config(models, "inference.precision=int8", "inference.calibration_images=3"),
-        device="cpu",
+        fast_config(models, "inference.precision=int8", "inference.calibration_images=3")
     )
     assert det.calibration_images == 3
     seen: list[int] = []
-    calibrate = det.ensemble.calibrate
+    calibrate = det.scorer.calibrate
 
     def counting(crops):
         seen.append(len(crops))
         calibrate(crops)
 
-    monkeypatch.setattr(det.ensemble, "calibrate", counting)
+    monkeypatch.setattr(det.scorer, "calibrate", counting)
     (tmp_path / "bad.jpg").write_bytes(b"")
     other = np.ascontiguousarray(image[:, ::-1])
     items = [tmp_path / "bad.jpg", image, other, image]
@@ -246,7 +222,7 @@ def test_int8_detect_many_calibrates_on_its_first_images(models, image, tmp_path
     assert [r[0] is i for r, i in zip(results, items, strict=True)] == [True] * 4  # no repeats
     assert isinstance(results[0][1], ImageLoadError)
     # one calibration, on both readable images of the first three (128 crops at most each)
-    n_props = [len(det.propose(im)) for im in (image, other)]
+    n_props = [len(det.proposer(im)) for im in (image, other)]
     assert seen == [sum(min(n, 128) for n in n_props)]
-    assert not det.ensemble.needs_calibration
+    assert not det.scorer.needs_calibration
     assert det.calibrate([image]) == 0  # calibrated already: nothing more happens

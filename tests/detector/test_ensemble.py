@@ -14,14 +14,29 @@ import pytest
 import torch
 from skimage import data
 
+from detector.build import load_ensemble
 from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
-from detector.ensemble import Ensemble, resolve_precision
-from detector.structures import ClassList
-from detector.warp import warp_regions
+from detector.core.config import Config
+from detector.core.devices import resolve_precision
+from detector.core.structures import ClassList
+from detector.ensemble import Ensemble
+from detector.warp import WarpSettings, warp_regions
 
 torch.set_num_threads(1)
 S, P, C = 64, 8, 5
+WARP = WarpSettings(size=S, context_pad=P, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 IMAGE = data.astronaut()
+
+
+def make(members, *, precision: str = "fp32", chunk_size: int = 128, compile: bool = False):
+    return Ensemble(
+        members,
+        warp=WARP,
+        device="cpu",
+        precision=precision,
+        chunk_size=chunk_size,
+        compile=compile,
+    )
 
 
 def _boxes(n: int, seed: int = 0) -> np.ndarray:
@@ -30,7 +45,7 @@ def _boxes(n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([xy, xy + rng.uniform(20, 200, (n, 2))], 1).astype(np.float32)
 
 
-CROPS = warp_regions(IMAGE, _boxes(40), size=S, context_pad=P)
+CROPS = warp_regions(IMAGE, _boxes(40), WARP)
 
 
 def _member(seed: int) -> torch.nn.Module:
@@ -54,7 +69,7 @@ def members() -> list[torch.nn.Module]:
 
 
 def test_score_is_mean_of_member_softmaxes(members) -> None:
-    ens = Ensemble(members, precision="fp32", input_size=S, chunk_size=64)
+    ens = make(members, precision="fp32", chunk_size=64)
     with torch.inference_mode():
         expected = sum(m(CROPS).softmax(1) for m in members) / 2
     got = ens.score(CROPS)
@@ -65,8 +80,8 @@ def test_score_is_mean_of_member_softmaxes(members) -> None:
 
 
 def test_chunked_equals_unchunked_and_score_image_equals_warp_then_score(members) -> None:
-    whole = Ensemble(members, precision="fp32", input_size=S, chunk_size=64, context_pad=P)
-    small = Ensemble(members, precision="fp32", input_size=S, chunk_size=7, context_pad=P)
+    whole = make(members, precision="fp32", chunk_size=64)
+    small = make(members, precision="fp32", chunk_size=7)
     np.testing.assert_allclose(small.score(CROPS), whole.score(CROPS), atol=1e-5)
     timings: dict[str, float] = {}
     by_image = small.score_image(IMAGE, _boxes(40), timings=timings)
@@ -75,26 +90,26 @@ def test_chunked_equals_unchunked_and_score_image_equals_warp_then_score(members
 
 
 def test_bf16_agrees_with_fp32(members) -> None:
-    p32 = Ensemble(members, precision="fp32", input_size=S).score(CROPS)
-    p16 = Ensemble(members, precision="bf16", input_size=S).score(CROPS)
+    p32 = make(members, precision="fp32").score(CROPS)
+    p16 = make(members, precision="bf16").score(CROPS)
     assert (p32.argmax(1) == p16.argmax(1)).mean() >= 0.7
     assert np.abs(p32 - p16).mean() < 0.02
 
 
 def test_int8_after_calibration(members) -> None:
-    ens = Ensemble(members, precision="int8", input_size=S, chunk_size=16)
+    ens = make(members, precision="int8", chunk_size=16)
     with pytest.raises(RuntimeError, match="calibrate"):
         ens.score(CROPS)
     ens.calibrate(CROPS)
     probs = ens.score(CROPS[:10])
     assert probs.shape == (10, C)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-    fp32 = Ensemble(members, precision="fp32", input_size=S).score(CROPS[:10])
+    fp32 = make(members, precision="fp32").score(CROPS[:10])
     assert np.abs(probs - fp32).mean() < 0.1  # experimental: loose, see the module notes
 
 
 def test_int8_quantizes_every_convolution(members) -> None:
-    ens = Ensemble(members[:1], precision="int8", input_size=S, chunk_size=16)
+    ens = make(members[:1], precision="int8", chunk_size=16)
     ens.calibrate(CROPS)
     (model,) = ens._models()
     quantized = [m for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.")]
@@ -102,13 +117,13 @@ def test_int8_quantizes_every_convolution(members) -> None:
 
 
 def test_empty_inputs(members) -> None:
-    ens = Ensemble(members, precision="fp32", input_size=S)
+    ens = make(members, precision="fp32")
     assert ens.score(CROPS[:0]).shape == (0, C)
     assert ens.score_image(IMAGE, np.zeros((0, 4), np.float32)).shape == (0, C)
 
 
 def test_concurrent_scoring_is_consistent(members) -> None:
-    ens = Ensemble(members, precision="fp32", input_size=S, chunk_size=8, context_pad=P)
+    ens = make(members, precision="fp32", chunk_size=8)
     expected = ens.score(CROPS)
     results: list[np.ndarray] = []
     threads = [
@@ -123,19 +138,17 @@ def test_concurrent_scoring_is_consistent(members) -> None:
         np.testing.assert_allclose(r, expected, atol=1e-5)
 
 
-def test_from_checkpoints_uses_metadata(tmp_path, members) -> None:
+def test_load_ensemble_takes_the_warp_from_the_checkpoints(tmp_path, members) -> None:
     classes = ClassList([f"n{i}" for i in range(C - 1)], [f"c{i}" for i in range(C - 1)])
-    paths = [
-        save_checkpoint(
-            tmp_path / f"member_{i}.safetensors",
-            m,
-            checkpoint_metadata(classes, input_size=S, context_pad=P, member=i),
-        )
-        for i, m in enumerate(members)
-    ]
-    ens = Ensemble.from_checkpoints(paths, precision="fp32", chunk_size=16)
-    assert (ens.input_size, ens.context_pad, len(ens)) == (S, P, 2)
-    expected = Ensemble(members, precision="fp32", input_size=S).score(CROPS)
+    for i, m in enumerate(members):
+        meta = checkpoint_metadata(classes, WARP, config_digest="t", member=i, seed=i)
+        save_checkpoint(tmp_path / f"member_{i}.safetensors", m, meta)
+    cfg = Config()  # model.input_size 224, context_pad 16: the checkpoints say 64 and 8
+    cfg.model.checkpoint_dir, cfg.model.members = str(tmp_path), 2
+    cfg.inference.precision, cfg.inference.chunk_size = "fp32", 16
+    ens, meta = load_ensemble(cfg.model, cfg.inference, "cpu")
+    assert ens.warp == WARP and len(ens) == 2 and meta["num_outputs"] == C
+    expected = make(members).score(CROPS)
     np.testing.assert_allclose(ens.score_image(IMAGE, _boxes(40)), expected, atol=1e-5)
 
 
@@ -143,12 +156,12 @@ def test_bad_settings() -> None:
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="at least one member"):
-        Ensemble([])
+        make([])
     assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
 
 
 @pytest.mark.slow  # compiling one GoogLeNet: ~40 s on 2 cores
 def test_compiled_matches_eager(members) -> None:
-    eager = Ensemble(members[:1], precision="fp32", input_size=S, chunk_size=8)
-    compiled = Ensemble(members[:1], precision="fp32", input_size=S, chunk_size=8, compile=True)
+    eager = make(members[:1], precision="fp32", chunk_size=8)
+    compiled = make(members[:1], precision="fp32", chunk_size=8, compile=True)
     np.testing.assert_allclose(compiled.score(CROPS[:11]), eager.score(CROPS[:11]), atol=1e-4)

@@ -1,4 +1,4 @@
-"""detector.io on real files of every awkward kind, written to tmp_path with Pillow."""
+"""detector.core.io on real files of every awkward kind, written to tmp_path with Pillow."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.io import ImageLoadError, as_rgb_array, list_images, load_image, read_image
+from detector.core.io import ImageLoadError, as_rgb_array, list_images, load_image, read_image
 
 
 def _rgb(h: int = 12, w: int = 16, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data
 
 from detector import run
-from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
+from detector.core.structures import Detections
 from detector.outputs import (
     OutputError,
     append_record,
@@ -25,12 +25,10 @@ from detector.outputs import (
     coco_results,
     read_records,
     repair_jsonl,
-    submission_lines,
 )
-from detector.structures import ClassList, Detections
 from detector.visualize import class_color, draw_detections
+from eval.submission import cap_per_class, from_records, write_submission
 
-CLASSES = ClassList(["n01", "n02", "n03"], ["cat", "dog", "cup"])
 FAST = [
     "proposals.multibox.enabled=false",
     "proposals.selective_search.resize_width=100",
@@ -43,15 +41,9 @@ FAST = [
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> list[str]:
+def checkpoints(random_members) -> list[str]:
     torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("models")
-    paths = []
-    for i in range(2):
-        torch.manual_seed(i)
-        meta = checkpoint_metadata(CLASSES, input_size=32, context_pad=4, member=i, seed=i)
-        paths.append(str(save_checkpoint(folder / f"m{i}.safetensors", build_googlenet(4), meta)))
-    return paths
+    return [str(p) for p in sorted(random_members.glob("member_*.safetensors"))]
 
 
 def _small(image: np.ndarray, w: int = 150, h: int = 120) -> np.ndarray:
@@ -179,8 +171,9 @@ def test_resume_after_interruption(tmp_path, checkpoints):
     for x in after:  # recomputed images give the same detections
         r = json.loads(x)
         assert r["detections"]["boxes"] == old[r["image"]]["boxes"]
-    # Nothing left to do: no model is even loaded, and the log is unchanged.
-    assert cli(images, out, ["/nonexistent.safetensors"], "--resume") == 0
+    # Nothing left to do: the log is unchanged (the checkpoints are still checked first).
+    assert cli(images, out, ["/nonexistent.safetensors"], "--resume") == 2
+    assert cli(images, out, checkpoints, "--resume") == 0
     assert (out / "detections.jsonl").read_bytes().splitlines(keepends=True) == after
     assert json.loads((out / "summary.json").read_text())["this_run"]["processed"] == 0
 
@@ -270,7 +263,14 @@ def test_log_lines_partial_and_corrupt(tmp_path):
     assert len(read_records(log)[0]) == 1
 
 
-def test_submission_and_coco_hand_computed():
+def submission_lines(pairs, max_per_class_total: int, tmp_path: Path) -> list[str]:
+    path = write_submission(
+        tmp_path / "s.txt", cap_per_class(from_records(pairs), max_per_class_total)
+    )
+    return path.read_text().splitlines(keepends=True)
+
+
+def test_submission_and_coco_hand_computed(tmp_path):
     rec = {
         "detections": {
             "boxes": [[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 5.0, 5.0]],
@@ -279,20 +279,20 @@ def test_submission_and_coco_hand_computed():
         }
     }
     other = {"detections": {"boxes": [[1.0, 1.0, 2.0, 2.0]], "scores": [0.5], "labels": [2]}}
-    lines = submission_lines([(3, rec), (1, other)], max_per_class_total=2)
+    lines = submission_lines([(3, rec), (1, other)], 2, tmp_path)
     # Class 2 keeps its two best (0.9, 0.5) over the set; ordered by image index.
     assert lines == [
         "1 2 0.5 1.00 1.00 1.00 1.00\n",
         "3 2 0.9 10.00 20.00 29.00 59.00\n",
     ]
-    assert len(submission_lines([(3, rec), (1, other)], max_per_class_total=0)) == 3
+    assert len(submission_lines([(3, rec), (1, other)], 0, tmp_path)) == 3
     assert coco_results([(7, rec)])[0] == {
         "image_id": 7,
         "category_id": 2,
         "bbox": [10.0, 20.0, 20.0, 40.0],
         "score": 0.9,
     }
-    assert submission_lines([]) == [] and coco_results([]) == []
+    assert submission_lines([], 0, tmp_path) == [] and coco_results([]) == []
     assert coco_image_ids(["000000397133.jpg", "12.png"]) == [397133, 12]
     assert coco_image_ids(["a.jpg", "12.png"]) == [1, 2]
 

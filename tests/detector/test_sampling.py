@@ -2,7 +2,13 @@
 
 import numpy as np
 
-from detector.sampling import IGNORE, RegionPool, image_regions, label_proposals, sample_minibatch
+from detector.training.sampling import (
+    IGNORE,
+    RegionPool,
+    image_regions,
+    label_proposals,
+    sample_minibatch,
+)
 
 
 def test_label_proposals_hand_computed():

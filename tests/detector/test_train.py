@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.config import load_config
-from detector.train import load_state, main, resume_key, steps_per_epoch, train_member
+from detector.core.config import load_config
+from detector.training.classifier import load_state, main, resume_key, steps_per_epoch, train_member
 
 COLOURS = {1: (220, 30, 30), 2: (30, 30, 220)}
 
@@ -136,14 +136,14 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_members_differ(tmp_path):
-    from detector.region_dataset import RegionBatches
+    from detector.training.regions import RegionBatches
 
     cfg = tiny_config(tmp_path)
-    from detector.region_dataset import build_region_pool, open_split
+    from detector.training.regions import build_region_pool, open_split
 
     records, _, _ = open_split(cfg, "train")
     boxes = [r.boxes for r in records]
-    from detector.structures import Proposals
+    from detector.core.structures import Proposals
 
     pool = build_region_pool(
         records, [Proposals(b, np.full(len(b), np.nan), np.zeros(len(b))) for b in boxes]
@@ -171,8 +171,8 @@ def test_cli_and_empty_split(tmp_path, capsys):
 
 
 def test_region_pool_image_without_objects_and_failed_image():
-    from detector.region_dataset import build_region_pool
-    from detector.structures import ImageRecord, Proposals
+    from detector.core.structures import ImageRecord, Proposals
+    from detector.training.regions import build_region_pool
 
     with_object = ImageRecord("a", 1, None, 40, 40, [[0, 0, 10, 10]], [2])
     no_objects = ImageRecord("b", 2, None, 40, 40)
@@ -185,7 +185,7 @@ def test_region_pool_image_without_objects_and_failed_image():
 
 
 def test_flipping_the_crop_equals_warping_the_flipped_image():
-    """The flip augmentation (detector.region_dataset) is the mirror image's warp."""
+    """The flip augmentation (detector.training.regions) is the mirror image's warp."""
     from detector.warp import warp_regions
 
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3)).astype(np.uint8)

@@ -13,7 +13,9 @@ import pytest
 import torch
 from skimage import data
 
+from detector.core.config import IMAGENET_MEAN, IMAGENET_STD
 from detector.warp import (
+    WarpSettings,
     context_boxes,
     normalise_image,
     rounded_context_boxes,
@@ -23,6 +25,7 @@ from detector.warp import (
 TOL = 1e-4
 S = 48
 P = 6
+WARP = WarpSettings(size=S, context_pad=P, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def _axis_samples(lo: int, hi: int, size: int, clamp: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -39,10 +42,10 @@ def _reference(
     image: np.ndarray, boxes: np.ndarray, size: int, pad: int, clamp: bool
 ) -> np.ndarray:
     """Bilinear sample of every output pixel centre; zero outside the image. float64[N,S,S,3]."""
-    norm = normalise_image(image).astype(np.float64)
+    norm = normalise_image(image, IMAGENET_MEAN, IMAGENET_STD).astype(np.float64)
     h, w = norm.shape[:2]
     out = np.zeros((len(boxes), size, size, 3))
-    for n, (x1, y1, x2, y2) in enumerate(rounded_context_boxes(boxes, size, pad)):
+    for n, (x1, y1, x2, y2) in enumerate(rounded_context_boxes(boxes, size=size, context_pad=pad)):
         xi, xw = _axis_samples(x1, x2, size, clamp)
         yi, yw = _axis_samples(y1, y2, size, clamp)
         for dy in range(2):
@@ -76,7 +79,7 @@ def _boxes(w: int, h: int) -> np.ndarray:
 def test_resize_method_matches_crop_then_resize_reference(name: str) -> None:
     image = getattr(data, name)()
     boxes = _boxes(image.shape[1], image.shape[0])
-    crops = warp_regions(image, boxes, size=S, context_pad=P)
+    crops = warp_regions(image, boxes, WARP)
     assert crops.shape == (len(boxes), 3, S, S) and crops.dtype == torch.float32
     assert crops.is_contiguous(memory_format=torch.channels_last)
     ref = _reference(image, boxes, S, P, clamp=True)
@@ -88,7 +91,7 @@ def test_resize_method_matches_crop_then_resize_reference(name: str) -> None:
 def test_roi_align_method_matches_zero_padded_bilinear_reference() -> None:
     image = data.astronaut()
     boxes = _boxes(image.shape[1], image.shape[0])
-    crops = warp_regions(image, boxes, size=S, context_pad=P, method="roi_align")
+    crops = warp_regions(image, boxes, WARP, method="roi_align")
     assert crops.is_contiguous(memory_format=torch.channels_last)
     ref = _reference(image, boxes, S, P, clamp=False)
     assert np.abs(crops.permute(0, 2, 3, 1).numpy() - ref).max() < TOL
@@ -97,9 +100,9 @@ def test_roi_align_method_matches_zero_padded_bilinear_reference() -> None:
 def test_methods_agree_away_from_upsampled_crop_borders() -> None:
     image = data.chelsea()
     boxes = _boxes(image.shape[1], image.shape[0])
-    a = warp_regions(image, boxes, size=S, context_pad=P)
-    b = warp_regions(image, boxes, size=S, context_pad=P, method="roi_align")
-    for n, (x1, y1, x2, y2) in enumerate(rounded_context_boxes(boxes, S, P)):
+    a = warp_regions(image, boxes, WARP)
+    b = warp_regions(image, boxes, WARP, method="roi_align")
+    for n, (x1, y1, x2, y2) in enumerate(rounded_context_boxes(boxes, size=S, context_pad=P)):
         bx, by = int(np.ceil(S / (2 * (x2 - x1)))), int(np.ceil(S / (2 * (y2 - y1))))
         inner = (a[n] - b[n])[:, by : S - by, bx : S - bx]
         assert inner.numel() == 0 or inner.abs().max() < TOL
@@ -107,17 +110,21 @@ def test_methods_agree_away_from_upsampled_crop_borders() -> None:
 
 def test_context_boxes_hand_computed() -> None:
     # S / (S - 2p) = 224 / 192 = 7/6 about the centre (20, 30) of a 20 x 40 box.
-    got = context_boxes(np.array([[10, 10, 30, 50]], np.float32), 224, 16)
+    got = context_boxes(np.array([[10, 10, 30, 50]], np.float32), size=224, context_pad=16)
     np.testing.assert_allclose(got, [[20 - 70 / 6, 30 - 140 / 6, 20 + 70 / 6, 30 + 140 / 6]])
-    assert context_boxes(np.zeros((0, 4), np.float32)).shape == (0, 4)
+    assert context_boxes(np.zeros((0, 4), np.float32), size=224, context_pad=16).shape == (0, 4)
     with pytest.raises(ValueError, match="context pad"):
-        context_boxes(np.zeros((1, 4), np.float32), 32, 16)
+        context_boxes(np.zeros((1, 4), np.float32), size=32, context_pad=16)
 
 
 def test_constant_image_half_outside_is_half_mean() -> None:
     image = np.full((40, 40, 3), 255, np.uint8)
     # context pad 0: the crop is exactly the box; its left half lies outside the image.
-    crops = warp_regions(image, np.array([[-20, 0, 20, 40]], np.float32), size=8, context_pad=0)
+    crops = warp_regions(
+        image,
+        np.array([[-20, 0, 20, 40]], np.float32),
+        WarpSettings(size=8, context_pad=0, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    )
     inside = (1.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(
         crops[0, :, :, 4:].numpy(), np.broadcast_to(inside[:, None, None], (3, 8, 4)), rtol=1e-6
@@ -127,24 +134,25 @@ def test_constant_image_half_outside_is_half_mean() -> None:
 
 def test_empty_boxes_and_reused_buffer() -> None:
     image = data.astronaut()
-    assert warp_regions(image, np.zeros((0, 4), np.float32), size=S).shape == (0, 3, S, S)
+    assert warp_regions(image, np.zeros((0, 4), np.float32), WARP).shape == (0, 3, S, S)
     buffer = torch.empty((5, 3, S, S)).contiguous(memory_format=torch.channels_last)
     boxes = np.array([[10, 10, 100, 100], [50, 60, 200, 220]], np.float32)
-    got = warp_regions(image, boxes, size=S, context_pad=P, out=buffer)
+    got = warp_regions(image, boxes, WARP, out=buffer)
     assert got.data_ptr() == buffer.data_ptr() and got.shape == (2, 3, S, S)
-    torch.testing.assert_close(got, warp_regions(image, boxes, size=S, context_pad=P))
+    torch.testing.assert_close(got, warp_regions(image, boxes, WARP))
 
 
 def test_bad_inputs_fail_clearly() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        warp_regions(np.zeros((10, 10), np.uint8), np.zeros((1, 4), np.float32))
+        warp_regions(np.zeros((10, 10), np.uint8), np.zeros((1, 4), np.float32), WARP)
     with pytest.raises(ValueError, match="channels_last"):
         warp_regions(
             np.zeros((10, 10, 3), np.uint8),
             np.zeros((1, 4), np.float32),
-            size=8,
-            context_pad=0,
+            WarpSettings(size=8, context_pad=0, mean=IMAGENET_MEAN, std=IMAGENET_STD),
             out=torch.empty((1, 3, 8, 8)),
         )
     with pytest.raises(ValueError, match="method"):
-        warp_regions(np.zeros((10, 10, 3), np.uint8), np.zeros((1, 4), np.float32), method="x")
+        warp_regions(
+            np.zeros((10, 10, 3), np.uint8), np.zeros((1, 4), np.float32), WARP, method="x"
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.structures import ImageRecord, from_inclusive
+from detector.core.structures import ImageRecord, from_inclusive
 from eval.coco_check import coco_ap50
 from eval.ilsvrc_ap import evaluate
 from eval.submission import SubmissionArrays

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from detector.structures import ImageRecord, from_inclusive
+from detector.core.structures import ImageRecord, from_inclusive
 from eval.ilsvrc_ap import evaluate, overlaps, small_object_threshold, voc_ap
 from eval.submission import SubmissionArrays
 

@@ -144,16 +144,12 @@ def test_runs_the_detector_when_no_detections_given(tree, tmp_path, capsys):
     import torch
     from skimage import data
 
-    from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
     from detector.datasets.classes import load_classes
+    from tests.conftest import save_random_members
 
     torch.set_num_threads(1)
-    classes = load_classes(tree / "map_det.txt")
     models = tmp_path / "models"
-    for i in range(2):
-        torch.manual_seed(i)
-        meta = checkpoint_metadata(classes, input_size=32, context_pad=4, member=i, seed=i)
-        save_checkpoint(models / f"member_{i}.safetensors", build_googlenet(4), meta)
+    save_random_members(models, classes=load_classes(tree / "map_det.txt"))
     images = tree / "Data" / "DET" / "val"
     images.mkdir(parents=True)
     for name, picture in (("a", data.astronaut()), ("b", data.chelsea())):
@@ -188,3 +184,24 @@ def test_runs_the_detector_when_no_detections_given(tree, tmp_path, capsys):
     assert "split val, 2 images" in text and "mAP: " in text
     rows = [ln.split() for ln in submission.read_text().splitlines()]
     assert all(len(r) == 7 and r[0] in ("1", "2") and 1 <= int(r[1]) <= 3 for r in rows)
+
+
+def test_real_root_without_checkpoints_never_uses_the_demo_models(
+    tree, tmp_path, capsys, monkeypatch
+):
+    """The paper config on a real tree with no members configured: an error saying what to set
+    and how to train, although the demo's models are built (it once scored with those)."""
+    from tests.conftest import save_random_members
+
+    monkeypatch.setenv("INCEPTION_RCNN_CACHE", str(tmp_path / "cache"))
+    from detector.core.paths import demo_models_dir
+
+    save_random_members(demo_models_dir(), n=6)  # "the demo models built"
+    argv = ["--config", "ilsvrc2014", "--data-root", str(tree), "--split", "val"]
+    assert eval_map.main([*argv, "proposals.multibox.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"no ensemble checkpoints for data root {tree}" in err
+    assert "model.checkpoint_dir" in err and "python -m detector.train --config ilsvrc2014" in err
+    assert len(err.strip().splitlines()) == 1
+    assert eval_map.main(argv) == 2  # MultiBox on: it needs its own checkpoint too
+    assert "no ensemble checkpoints" in capsys.readouterr().err

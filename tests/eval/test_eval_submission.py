@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.structures import Detections
+from detector.core.structures import Detections
 from eval.submission import (
     SubmissionArrays,
     cap_per_class,
@@ -66,9 +66,9 @@ def test_missing_file(tmp_path):
 def test_write_read_round_trip(tmp_path):
     a = SubmissionArrays([2, 1], [1, 2], [0.123456789, 0.5], [[0, 1, 2, 3], [4.25, 5, 6, 7.5]])
     b = read_submission(write_submission(tmp_path / "out" / "s.txt", a), 2, [1, 2])
-    assert b.image_index.tolist() == [2, 1]
-    np.testing.assert_allclose(b.score, a.score, rtol=1e-9)
-    np.testing.assert_array_equal(b.boxes, a.boxes)
+    assert b.image_index.tolist() == [1, 2]  # written by image index, then score
+    np.testing.assert_allclose(b.score, a.score[::-1], rtol=1e-9)
+    np.testing.assert_array_equal(b.boxes, a.boxes[::-1])
 
 
 def test_from_detections_converts_to_inclusive():

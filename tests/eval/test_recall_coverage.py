@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.boxes import box_iou
-from detector.structures import ImageRecord, Proposals, ProposalSource
-from eval.recall import coverage, evaluate_proposals, format_report, ranked_boxes
+from detector.core.boxes import box_iou
+from detector.core.structures import ImageRecord, Proposals, ProposalSource
+from eval.coverage import coverage, evaluate_proposals, format_report, ranked_boxes
 
 
 def test_box_iou_matches_devkit_plus_one_convention() -> None:

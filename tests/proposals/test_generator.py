@@ -5,11 +5,11 @@ import pytest
 import torch
 from skimage import data
 
-from detector.config import ConfigError, load_config
-from detector.structures import ProposalSource
+from detector.core.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
+from detector.core.structures import ProposalSource
 from proposals.cache import ProposalCache, cache_key
 from proposals.generator import ProposalGenerator
-from proposals.multibox import CheckpointError, MultiBox, MultiBoxNet, save_checkpoint
+from proposals.multibox.model import CheckpointError, MultiBox, MultiBoxNet, save_checkpoint
 from proposals.selective_search import selective_search
 
 torch.set_num_threads(2)
@@ -29,7 +29,9 @@ def checkpoint(tmp_path_factory):
         [[0, 0, 1, 1], [0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1], [0.2, 0.1, 0.6, 0.9]], np.float32
     )
     path = tmp_path_factory.mktemp("mb") / "multibox.safetensors"
-    return save_checkpoint(path, MultiBoxNet(4, priors), input_size=64)
+    return save_checkpoint(
+        path, MultiBoxNet(4, priors), input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
 
 
 def _config(**overrides):
@@ -82,7 +84,7 @@ def test_process_pool_computes_uncached_search_in_workers(image, tmp_path, monke
 
 
 def test_stopped_worker_processes_fall_back_to_this_process(image):
-    gen = ProposalGenerator(SETTINGS, None, cache=None)
+    gen = ProposalGenerator(SETTINGS, None, cache=None, workers=0)
     with gen.process_pool(workers=1) as pool:
         gen(image, pool=pool)  # the worker is up
         for process in list(pool._executor._processes.values()):
@@ -119,10 +121,10 @@ def test_both_sources_merged(image, checkpoint):
 
 
 def test_multibox_only_and_nothing(image, checkpoint):
-    mb = MultiBox.from_checkpoint(checkpoint, top_k=2)
-    out = ProposalGenerator(None, mb, None)(image)
+    mb = MultiBox.from_checkpoint(checkpoint, top_k=2, nms_iou=0.7)
+    out = ProposalGenerator(None, mb, cache=None, workers=0)(image)
     assert 1 <= len(out) <= 2 and (out.source == MB).all()
-    none = ProposalGenerator(None, None, None)
+    none = ProposalGenerator(None, None, cache=None, workers=0)
     assert len(none(image)) == 0
     assert [len(p) for p in none.propose_many([image, image])] == [0, 0]
     assert none.propose_many([]) == []

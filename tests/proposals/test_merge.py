@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from detector.structures import Proposals, ProposalSource
+from detector.core.structures import Proposals, ProposalSource
 from proposals.merge import merge_proposals
 
 SS, MB = int(ProposalSource.SELECTIVE_SEARCH), int(ProposalSource.MULTIBOX)

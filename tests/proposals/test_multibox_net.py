@@ -8,14 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from detector.structures import ProposalSource
-from proposals.multibox import (
+from detector.core.config import IMAGENET_MEAN, IMAGENET_STD
+from detector.core.structures import ProposalSource
+from proposals.multibox.__main__ import main
+from proposals.multibox.model import (
     BOX_SCALE,
     CheckpointError,
     MultiBox,
     MultiBoxNet,
     decode_proposals,
-    main,
     save_checkpoint,
 )
 
@@ -55,17 +56,22 @@ def test_decode_by_hand():
     np.testing.assert_allclose(p.boxes, [[10, 5, 50, 25], [60, 30, 100, 50]], atol=1e-4)
     np.testing.assert_allclose(p.scores, [1 / (1 + math.exp(-2)), 0.5], rtol=1e-6)
     assert p.source.tolist() == [ProposalSource.MULTIBOX] * 2
-    assert len(decode_proposals(boxes, logits, 100, 50, top_k=1)) == 1
+    assert len(decode_proposals(boxes, logits, 100, 50, top_k=1, nms_iou=0.7)) == 1
 
 
 def test_decode_empty_and_non_finite():
-    assert len(decode_proposals(torch.zeros(0, 4), torch.zeros(0), 10, 10)) == 0
-    p = decode_proposals(torch.tensor([[float("nan"), 0, 1, 1]]), torch.tensor([0.0]), 10, 10)
+    assert (
+        len(decode_proposals(torch.zeros(0, 4), torch.zeros(0), 10, 10, top_k=200, nms_iou=0.7))
+        == 0
+    )
+    p = decode_proposals(
+        torch.tensor([[float("nan"), 0, 1, 1]]), torch.tensor([0.0]), 10, 10, top_k=200, nms_iou=0.7
+    )
     assert len(p) == 0 and p.boxes.shape == (0, 4)
 
 
 def test_propose_and_batch_agree(net):
-    model = MultiBox(net, input_size=64, top_k=3, nms_iou=0.7)
+    model = MultiBox(net, input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD, top_k=3, nms_iou=0.7)
     rng = np.random.default_rng(0)
     images = [
         rng.integers(0, 256, (40, 70, 3), dtype=np.uint8),
@@ -85,9 +91,16 @@ def test_propose_and_batch_agree(net):
 
 
 def test_checkpoint_round_trip(net, tmp_path):
-    path = save_checkpoint(tmp_path / "mb.safetensors", net, input_size=64, extra={"epoch": 3})
+    path = save_checkpoint(
+        tmp_path / "mb.safetensors",
+        net,
+        input_size=64,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        extra={"epoch": 3},
+    )
     assert not list(tmp_path.glob("*.tmp"))
-    model = MultiBox.from_checkpoint(path, top_k=5, num_priors=4, input_size=64)
+    model = MultiBox.from_checkpoint(path, top_k=5, nms_iou=0.7, num_priors=4, input_size=64)
     assert model.input_size == 64 and model.top_k == 5
     torch.testing.assert_close(model.net.priors, torch.from_numpy(PRIORS))
     x = torch.randn(1, 3, 64, 64)
@@ -97,11 +110,13 @@ def test_checkpoint_round_trip(net, tmp_path):
 
 
 def test_checkpoint_mismatches_say_what_was_expected(net, tmp_path):
-    path = save_checkpoint(tmp_path / "mb.safetensors", net, input_size=64)
+    path = save_checkpoint(
+        tmp_path / "mb.safetensors", net, input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
     with pytest.raises(CheckpointError, match=r"num_priors=4 but num_priors=800 was expected"):
-        MultiBox.from_checkpoint(path, num_priors=800)
+        MultiBox.from_checkpoint(path, num_priors=800, top_k=200, nms_iou=0.7)
     with pytest.raises(CheckpointError, match=r"input_size=64 but input_size=224 was expected"):
-        MultiBox.from_checkpoint(path, input_size=224)
+        MultiBox.from_checkpoint(path, input_size=224, top_k=200, nms_iou=0.7)
     # metadata claiming 5 priors over tensors holding 4
     tensors = load_file(str(path))
     meta = {
@@ -116,15 +131,15 @@ def test_checkpoint_mismatches_say_what_was_expected(net, tmp_path):
         CheckpointError,
         match=r"bad.safetensors: tensor 'priors' has shape \(4, 4\), expected \(5, 4\)",
     ):
-        MultiBox.from_checkpoint(tmp_path / "bad.safetensors")
+        MultiBox.from_checkpoint(tmp_path / "bad.safetensors", top_k=200, nms_iou=0.7)
     save_file(tensors, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="not a MultiBox checkpoint"):
-        MultiBox.from_checkpoint(tmp_path / "plain.safetensors")
+        MultiBox.from_checkpoint(tmp_path / "plain.safetensors", top_k=200, nms_iou=0.7)
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 7)
     with pytest.raises(CheckpointError, match="junk.safetensors: not a readable safetensors file"):
-        MultiBox.from_checkpoint(tmp_path / "junk.safetensors")
+        MultiBox.from_checkpoint(tmp_path / "junk.safetensors", top_k=200, nms_iou=0.7)
     with pytest.raises(CheckpointError, match="missing.safetensors: MultiBox checkpoint not found"):
-        MultiBox.from_checkpoint(tmp_path / "missing.safetensors")
+        MultiBox.from_checkpoint(tmp_path / "missing.safetensors", top_k=200, nms_iou=0.7)
 
 
 def test_pretrained_without_cache_warns_and_keeps_transform_input(tmp_path, monkeypatch):
@@ -133,14 +148,18 @@ def test_pretrained_without_cache_warns_and_keeps_transform_input(tmp_path, monk
         fresh = MultiBoxNet(2, pretrained=True)
     assert fresh.transform_input is False
     kept = MultiBoxNet(2, transform_input=True)
-    path = save_checkpoint(tmp_path / "t.safetensors", kept, input_size=32)
-    assert MultiBox.from_checkpoint(path).net.transform_input is True
+    path = save_checkpoint(
+        tmp_path / "t.safetensors", kept, input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
+    assert MultiBox.from_checkpoint(path, top_k=200, nms_iou=0.7).net.transform_input is True
 
 
 def test_propose_command(net, tmp_path, capsys):
     from PIL import Image
 
-    path = save_checkpoint(tmp_path / "mb.safetensors", net, input_size=64)
+    path = save_checkpoint(
+        tmp_path / "mb.safetensors", net, input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
     Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(tmp_path / "a.png")
     assert (
         main(["propose", "--checkpoint", str(path), "--top-k", "2", str(tmp_path / "a.png")]) == 0

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-from detector.config import load_config
+from detector.core.config import load_config
 from detector.datasets import default_classes
-from proposals.multibox import MultiBox, MultiBoxNet
-from proposals.multibox_train import main as train_main
-from proposals.multibox_train import train_multibox
+from detector.training.multibox import main as train_main
+from detector.training.multibox import train_multibox
+from proposals.multibox.model import MultiBox, MultiBoxNet
 
 SIZE = 48  # image side = network input: cheap, and still deep enough for GoogLeNet's pools
 

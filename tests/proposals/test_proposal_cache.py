@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from detector.structures import Proposals, ProposalSource
+from detector.core.structures import Proposals, ProposalSource
 from proposals.cache import ProposalCache, cache_key
 from proposals.selective_search import DOUBLED, selective_search
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from detector.config import SelectiveSearchConfig
+from detector.core.config import SelectiveSearchConfig
 from proposals.selective_search import (
     DOUBLED,
     RCNN_FAST,

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from detector.config import load_config
+from detector.core.config import load_config
 from proposals.pool import ProposalError, SelectiveSearchPool
 from proposals.selective_search import RCNN_FAST, selective_search, settings_from_config
 

@@ -3,12 +3,15 @@
 Every proposal of a training image is labelled by its best overlap with the image's ground
 truth (R-CNN): IoU >= ``fg_iou`` with a ground truth -> that ground truth's class, max IoU
 < ``bg_iou`` -> background (0), anything in between -> ignored (-1; never sampled). The
-ground-truth boxes themselves join the pool as positives. A mini-batch of 128 regions holds
-32 positives and 96 background regions drawn at random from the pool of ALL training images
-(Caffe's window data layer), so one batch mixes many images.
+ground-truth boxes themselves join the pool as positives. A mini-batch of ``batch_size``
+regions (the paper's 128) holds ``round(batch_size * fg_fraction)`` positives (32) and
+background regions (96) drawn at random from the pool of ALL training images (Caffe's
+window data layer), so one batch mixes many images. The settings are ``train.fg_iou``,
+``train.bg_iou``, ``train.batch_size`` and ``train.fg_fraction``; the functions take them
+as required keyword arguments.
 
 IoU is the plain IoU of internal xyxy boxes, which equals the devkit's "+1" IoU of the same
-boxes in the inclusive frame (see ``detector.structures``).
+boxes in the inclusive frame (see ``detector.core.structures``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.boxes import box_iou
+from detector.core.boxes import box_iou
 
 IGNORE = -1  # label of a region with bg_iou <= max IoU < fg_iou: neither positive nor background
 
@@ -26,8 +29,9 @@ def label_proposals(
     proposals: np.ndarray,
     gt_boxes: np.ndarray,
     gt_labels: np.ndarray,
-    fg_iou: float = 0.5,
-    bg_iou: float = 0.5,
+    *,
+    fg_iou: float,
+    bg_iou: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label proposals by their best-overlapping ground truth.
 
@@ -57,8 +61,9 @@ def image_regions(
     proposals: np.ndarray,
     gt_boxes: np.ndarray,
     gt_labels: np.ndarray,
-    fg_iou: float = 0.5,
-    bg_iou: float = 0.5,
+    *,
+    fg_iou: float,
+    bg_iou: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training regions of one image: its ground truths (positives) then its labelled proposals.
 
@@ -69,7 +74,7 @@ def image_regions(
     gt_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
-    labels, _ = label_proposals(proposals, gt_boxes, gt_labels, fg_iou, bg_iou)
+    labels, _ = label_proposals(proposals, gt_boxes, gt_labels, fg_iou=fg_iou, bg_iou=bg_iou)
     keep = labels != IGNORE
     return (
         np.concatenate([gt_boxes, proposals[keep]]),
@@ -121,8 +126,9 @@ class RegionPool:
 def sample_minibatch(
     rng: np.random.Generator,
     pool: RegionPool,
-    batch_size: int = 128,
-    fg_fraction: float = 0.25,
+    *,
+    batch_size: int,
+    fg_fraction: float,
 ) -> np.ndarray:
     """Draw one mini-batch of region indices from the whole pool (across images).
 

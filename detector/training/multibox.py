@@ -1,81 +1,67 @@
-"""Training loop of the MultiBox proposal network (``python -m proposals.multibox train``).
+"""Training of the MultiBox proposal network; the command line is ``python -m proposals.multibox train``.
 
 Priors by k-means on the normalised training boxes, then SGD with momentum on the
-matching loss (``proposals.matching``), horizontal flips. One checkpoint per epoch, written
-atomically: ``multibox.safetensors`` (weights + priors + metadata, what inference loads)
-and ``train_state.pt`` (optimizer state and counters for ``--resume``, read back with
-``torch.load(weights_only=True)``). JSON lines go to ``log.jsonl``.
+matching loss (``proposals.matching``), horizontal flips. Images are normalised with
+``model.mean``/``model.std`` (stored in the checkpoint, so inference does the same). One
+checkpoint per epoch, written atomically: ``multibox.safetensors`` (weights + priors +
+metadata, what inference loads) and ``train_state.pt`` (optimizer state and counters for
+``resume``, read back with ``torch.load(weights_only=True)``). JSON lines go to
+``log.jsonl`` (every ``log_every`` steps, and one ``"event": "checkpoint"`` line per epoch);
+a tqdm bar shows the run's steps.
 
-Runs as one process or under torchrun (DistributedDataParallel, gloo on CPU, nccl on
-CUDA, DistributedSampler; only rank 0 writes).
-
-Examples:
-    python -m proposals.multibox train --config demo
-    python -m proposals.multibox train --config demo proposals.multibox.epochs=2 --output-dir /tmp/mb
-    python -m proposals.multibox train --config demo --resume
-    torchrun --nproc_per_node 2 -m proposals.multibox train --config demo
+:func:`train_multibox` takes a resolved config (``detector.resolve.resolve_config``): a real
+``data.root`` of any format ``detector.datasets.open_split`` reads. It trains on
+``train.device``, in fp32 (``train.precision`` is for the region classifier), as one
+process or under torchrun (DistributedDataParallel, gloo on CPU, nccl on CUDA,
+DistributedSampler; only rank 0 writes); see ``detector.training.scaffold``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
-from detector.config import Config, add_config_args, load_config
-from detector.devices import select_device
-from detector.io import ImageLoadError, load_image
-from detector.structures import ImageRecord
-from proposals.matching import loss_terms
-from proposals.multibox import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MultiBoxNet,
-    preprocess,
-    read_checkpoint,
-    save_checkpoint,
+from detector.core.atomic import atomic_write_text
+from detector.core.config import Config
+from detector.core.io import ImageLoadError, load_image
+from detector.core.structures import ImageRecord
+from detector.datasets import open_split, with_images
+from detector.training.scaffold import (
+    TrainContext,
+    TrainLog,
+    load_state,
+    progress_bar,
+    save_state,
+    setup,
 )
+from proposals.matching import loss_terms
+from proposals.multibox.model import MultiBoxNet, preprocess, read_checkpoint, save_checkpoint
 from proposals.priors import kmeans_priors
 
 CHECKPOINT_NAME = "multibox.safetensors"
 STATE_NAME = "train_state.pt"
 LOG_NAME = "log.jsonl"
 
+__all__ = [
+    "MultiBoxDataset",
+    "all_training_boxes",
+    "collate",
+    "image_size",
+    "normalised_boxes",
+    "recompute_batchnorm",
+    "train_multibox",
+]
+
 
 # ---------------------------------------------------------------------------------------
 # data
-
-
-def training_records(cfg: Config) -> list[ImageRecord]:
-    """The training split's records that have an image (config ``data.*``)."""
-    from detector.datasets import IlsvrcDet
-
-    if cfg.data.format != "ilsvrc":
-        raise ValueError(f"data.format={cfg.data.format!r}: MultiBox training reads ilsvrc only")
-    root = Path(cfg.data.root) if cfg.data.root else _demo_root(cfg)
-    records = [r for r in IlsvrcDet(root, cfg.data.train_split) if r.path is not None]
-    if not records:
-        raise ValueError(f"{root}: split {cfg.data.train_split!r} has no images")
-    return records
-
-
-def _demo_root(cfg: Config) -> Path:
-    from detector.datasets.demo import ensure_demo_dataset
-
-    return Path(ensure_demo_dataset(cfg))
 
 
 def image_size(record: ImageRecord) -> tuple[int, int]:
@@ -101,19 +87,28 @@ def all_training_boxes(records: list[ImageRecord]) -> np.ndarray:
 
 
 class MultiBoxDataset(Dataset):
-    """(image Tensor[3, S, S], boxes Tensor[M, 4] normalised) pairs, flipped at random."""
+    """(image Tensor[3, S, S], boxes Tensor[M, 4] normalised) pairs, flipped at random.
+
+    Args:
+        records: images with ground truth (pixels).
+        input_size: S (``proposals.multibox.input_size``).
+        mean, std: RGB normalisation on the [0, 1] scale (``model.mean`` / ``model.std``).
+        flip: horizontal flips with probability 1/2 (``proposals.multibox.flip``).
+        max_pixels: larger images are refused (``data.max_pixels``).
+    """
 
     def __init__(
         self,
         records: list[ImageRecord],
         *,
         input_size: int,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        flip: bool = True,
-        max_pixels: int = 50_000_000,
+        mean: tuple[float, ...] | list[float],
+        std: tuple[float, ...] | list[float],
+        flip: bool,
+        max_pixels: int,
     ) -> None:
-        self.records, self.input_size, self.mean, self.std = records, input_size, mean, std
+        self.records, self.input_size = records, input_size
+        self.mean, self.std = tuple(mean), tuple(std)
         self.flip, self.max_pixels = flip, max_pixels
 
     def __len__(self) -> int:
@@ -147,39 +142,13 @@ def collate(batch: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, list[Ten
 
 
 # ---------------------------------------------------------------------------------------
-# distributed set-up
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the torchrun group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = select_device(device, local)
-    if world <= 1:
-        return Dist(0, 1, dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), dev)
-
-
-# ---------------------------------------------------------------------------------------
 # training
 
 
 def train_multibox(
     cfg: Config,
     output_dir: str | Path | None = None,
+    *,
     resume: bool = False,
     max_steps: int | None = None,
     progress: bool = True,
@@ -187,43 +156,55 @@ def train_multibox(
     """Train MultiBox on ``cfg``'s training split; returns the checkpoint path.
 
     Args:
-        cfg: the config (``data.*``, ``proposals.multibox.*``, ``inference.device``).
+        cfg: the resolved config (``data.*``, ``proposals.multibox.*``, ``model.mean/std``,
+            ``train.device``).
         output_dir: where checkpoints and logs go (default ``proposals.multibox.output_dir``).
         resume: continue from ``output_dir``'s ``train_state.pt`` and checkpoint when both
-            exist (else start afresh).
+            exist (else start afresh; a fresh run replaces the log).
         max_steps: stop after this many optimizer steps in all (tests, demo); None = epochs.
         progress: show a tqdm bar (rank 0).
+    Raises:
+        ValueError: a split without images; CheckpointError: unreadable resume files;
+        FloatingPointError: the loss diverged.
     """
     mb = cfg.proposals.multibox
     out = Path(output_dir or mb.output_dir)
-    d = setup_distributed(cfg.inference.device)
-    torch.manual_seed(mb.seed + d.rank)
-    # rank 0 may have to generate the demo dataset first; the others wait for it
-    if d.world > 1 and not d.main:
-        dist.barrier()
-    records = training_records(cfg)
-    if d.world > 1 and d.main:
-        dist.barrier()
-    net, opt, start_epoch, step = _build(cfg, records, out, resume, d)
-    model = DistributedDataParallel(net) if d.world > 1 else net
+    ctx = setup(cfg.train)
+    torch.manual_seed(mb.seed + ctx.rank)
+    records = with_images(open_split(cfg.data, cfg.data.train_split)[0])
+    if not records:
+        raise ValueError(f"{cfg.data.root}: split {cfg.data.train_split!r} has no images")
+    net, opt, start_epoch, step = _build(cfg, records, out, resume, ctx)
+    model = ctx.wrap(net)
     dataset = MultiBoxDataset(
-        records, input_size=mb.input_size, flip=mb.flip, max_pixels=cfg.data.max_pixels
+        records,
+        input_size=mb.input_size,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
+        flip=mb.flip,
+        max_pixels=cfg.data.max_pixels,
     )
     sampler = (
-        DistributedSampler(dataset, d.world, d.rank, shuffle=True, seed=mb.seed)
-        if d.world > 1
+        DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=mb.seed)
+        if ctx.distributed
         else RandomSampler(dataset, generator=torch.Generator().manual_seed(mb.seed))
     )
     loader = DataLoader(
         dataset,
         batch_size=mb.batch_size,
         sampler=sampler,
-        num_workers=mb.workers,
+        num_workers=mb.loader_workers,
         collate_fn=collate,
     )
-    if d.main:
+    log = TrainLog(out / LOG_NAME, enabled=ctx.is_main)
+    if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        log.truncate_after(step)  # a resumed run continues the log; a fresh one replaces it
+    total = step + max(0, mb.epochs - start_epoch) * len(loader)
+    if max_steps is not None:
+        total = max(step, min(total, max_steps))
+    bar = progress_bar(total=total, initial=step, desc="multibox", enabled=progress and ctx.is_main)
     for epoch in range(start_epoch, mb.epochs):
         if max_steps is not None and step >= max_steps:
             break
@@ -231,17 +212,17 @@ def train_multibox(
             sampler.set_epoch(epoch)
         else:  # reseeded per epoch, so an epoch's order survives --resume
             sampler.generator.manual_seed(mb.seed + epoch)
-        step = _train_epoch(model, opt, loader, epoch, step, cfg, out, d, max_steps, progress)
-        recompute_batchnorm(net, loader, mb.bn_batches, d.device)
-        if d.main:
-            _save(out, net, opt, epoch, step, cfg)
-    if d.world > 1:
-        dist.barrier()
+        step = _train_epoch(model, opt, loader, epoch, step, cfg, ctx, log, bar, max_steps)
+        recompute_batchnorm(net, loader, mb.bn_batches, ctx.device)
+        if ctx.is_main:
+            _save(out, net, opt, epoch, step, cfg, log)
+    bar.close()
+    ctx.barrier()
     return out / CHECKPOINT_NAME
 
 
 def _build(
-    cfg: Config, records: list[ImageRecord], out: Path, resume: bool, d: Dist
+    cfg: Config, records: list[ImageRecord], out: Path, resume: bool, ctx: TrainContext
 ) -> tuple[MultiBoxNet, torch.optim.Optimizer, int, int]:
     """Network (new, or from the checkpoint on --resume), optimizer, first epoch, step."""
     mb = cfg.proposals.multibox
@@ -257,33 +238,31 @@ def _build(
         priors = torch.from_numpy(
             kmeans_priors(all_training_boxes(records), mb.num_priors, mb.seed)
         )
-        if d.world > 1:  # k-means is deterministic, but every rank must hold the same slots
-            dist.broadcast(priors, 0)
+        ctx.broadcast(priors)  # k-means is deterministic, but every rank must hold the same slots
         net = MultiBoxNet(mb.num_priors, priors, pretrained=mb.pretrained_backbone)
-    net = net.to(d.device)
+    net = net.to(ctx.device)
     opt = torch.optim.SGD(
         net.parameters(), lr=mb.lr, momentum=mb.momentum, weight_decay=mb.weight_decay
     )
     if not resuming:
         return net, opt, 0, 0
-    state = torch.load(state_path, map_location=d.device, weights_only=True)
+    state = load_state(state_path, map_location=ctx.device)
     opt.load_state_dict(state["optimizer"])
     return net, opt, int(state["epoch"]) + 1, int(state["step"])
 
 
-def _train_epoch(model, opt, loader, epoch, step, cfg, out, d, max_steps, progress) -> int:
+def _train_epoch(model, opt, loader, epoch, step, cfg, ctx, log, bar, max_steps) -> int:
     mb = cfg.proposals.multibox
     model.train()
-    bar = tqdm(
-        loader, desc=f"multibox epoch {epoch}", disable=not (progress and d.main), leave=False
-    )
     t0 = time.time()
-    for batch in bar:
+    for batch in loader:
         if batch is None:
             continue
         images, gts = batch
-        boxes, logits = model(images.to(d.device, non_blocking=True))
-        location, confidence = loss_terms(boxes, logits, [g.to(d.device) for g in gts], mb.alpha)
+        boxes, logits = model(images.to(ctx.device, non_blocking=True))
+        location, confidence = loss_terms(
+            boxes, logits, [g.to(ctx.device) for g in gts], mb.alpha
+        )
         loss = location + confidence
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -293,10 +272,10 @@ def _train_epoch(model, opt, loader, epoch, step, cfg, out, d, max_steps, progre
         loss.backward()
         opt.step()
         step += 1
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if d.main and (step % mb.log_every == 0 or step == 1):
-            _log(
-                out,
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        if step % mb.log_every == 0 or step == 1:
+            log.write(
                 epoch=epoch,
                 step=step,
                 loss=loss.item(),
@@ -334,71 +313,17 @@ def recompute_batchnorm(net: torch.nn.Module, loader: DataLoader, batches: int, 
         m.momentum = momentum
 
 
-def _save(out: Path, net: MultiBoxNet, opt, epoch: int, step: int, cfg: Config) -> None:
+def _save(
+    out: Path, net: MultiBoxNet, opt, epoch: int, step: int, cfg: Config, log: TrainLog
+) -> None:
     mb = cfg.proposals.multibox
     save_checkpoint(
         out / CHECKPOINT_NAME,
         net,
         input_size=mb.input_size,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
         extra={"epoch": epoch, "step": step, "config_digest": cfg.digest()},
     )
-    tmp = out / (STATE_NAME + ".tmp")
-    torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "step": step}, tmp)
-    os.replace(tmp, out / STATE_NAME)
-    _log(out, event="checkpoint", epoch=epoch, step=step, path=str(out / CHECKPOINT_NAME))
-
-
-def _log(out: Path, **record) -> None:
-    """One JSON line in log.jsonl (rank 0 only calls this)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOG_NAME, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-# ---------------------------------------------------------------------------------------
-# command line
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m proposals.multibox train",
-        description="Train the MultiBox proposal network on the training split.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples:", 1)[1],
-    )
-    add_config_args(parser)
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the output directory's last checkpoint"
-    )
-    parser.add_argument(
-        "--output-dir",
-        default=None,
-        help="checkpoints and logs (default proposals.multibox.output_dir)",
-    )
-    parser.add_argument(
-        "--max-steps", type=int, default=None, help="stop after this many optimizer steps"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        path = train_multibox(cfg, args.output_dir, resume=args.resume, max_steps=args.max_steps)
-    except (
-        ValueError,
-        FileNotFoundError,
-    ) as e:  # ConfigError, CheckpointError, AnnotationError, ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"checkpoint": str(path)}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    save_state(out / STATE_NAME, {"optimizer": opt.state_dict(), "epoch": epoch, "step": step})
+    log.write(event="checkpoint", epoch=epoch, step=step, path=str(out / CHECKPOINT_NAME))

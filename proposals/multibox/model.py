@@ -9,39 +9,35 @@ Checkpoints are safetensors files (they cannot execute code): the network's weig
 priors as the tensor ``priors``, and JSON metadata under the key ``multibox`` (num_priors,
 input_size, mean, std, transform_input).
 
-Examples:
-    python -m proposals.multibox train --config demo
-    python -m proposals.multibox train --config ilsvrc2014 data.root=/data/ILSVRC2014 --output-dir runs/mb
-    python -m proposals.multibox train --config demo --resume
-    torchrun --nproc_per_node 2 -m proposals.multibox train --config demo
-    python -m proposals.multibox propose --checkpoint runs/multibox/multibox.safetensors img.jpg
+Example::
+
+    mb = MultiBox.from_checkpoint("multibox.safetensors", "cpu", top_k=200, nms_iou=0.7)
+    proposals = mb.propose(image)  # Proposals, descending objectness
+
+Training: ``detector.training.multibox``; command line: ``python -m proposals.multibox``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import cv2
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torchvision.models import GoogLeNet_Weights, googlenet
 from torchvision.ops import nms
 
-from detector.runtime import tune_allocator
-from detector.structures import Proposals, ProposalSource
+from detector.core.checkpoints import (
+    CheckpointError,
+    imagenet_weights_path,
+    read_safetensors,
+    write_safetensors,
+)
+from detector.core.structures import Proposals, ProposalSource
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, [0, 1] scale: what the torchvision weights expect
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_DIM = 1024  # GoogLeNet's pooled features (inception5b)
 # The head predicts corrections in units of BOX_SCALE x the image side. The pooled features
 # have a squared norm of ~500, so an unscaled linear regression takes steps of ~lr x alpha x
@@ -51,20 +47,6 @@ METADATA_KEY = "multibox"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A missing, unreadable or mismatching MultiBox checkpoint; the message names the file."""
-
-
-def cached_imagenet_weights() -> Path | None:
-    """Path of torchvision's GoogLeNet ImageNet weights in the torch hub cache, or None.
-
-    Nothing is ever downloaded: pretrained weights are used only when this file exists.
-    """
-    name = os.path.basename(urlparse(GoogLeNet_Weights.IMAGENET1K_V1.url).path)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / name
-    return path if path.is_file() else None
-
-
 def build_backbone(pretrained: bool, transform_input: bool = False) -> nn.Module:
     """GoogLeNet without its classifier: images (B, 3, S, S) -> features (B, 1024).
 
@@ -72,7 +54,7 @@ def build_backbone(pretrained: bool, transform_input: bool = False) -> nn.Module
     the ImageNet mean/std to the [-1, 1] scaling the ported weights were trained with.
     Requested but not cached weights fall back to random initialisation with a warning.
     """
-    if pretrained and cached_imagenet_weights() is None:
+    if pretrained and not imagenet_weights_path().is_file():
         warnings.warn(
             "GoogLeNet ImageNet weights are not in the torch hub cache "
             f"({torch.hub.get_dir()}/checkpoints); MultiBox starts from random weights",
@@ -80,7 +62,9 @@ def build_backbone(pretrained: bool, transform_input: bool = False) -> nn.Module
         )
         pretrained = False
     if pretrained:
-        net = googlenet(weights=GoogLeNet_Weights.IMAGENET1K_V1, aux_logits=False)
+        # torchvision requires aux_logits with these weights; the aux heads are dropped after.
+        net = googlenet(weights=GoogLeNet_Weights.IMAGENET1K_V1)
+        net.aux_logits, net.aux1, net.aux2 = False, None, None
         net.transform_input = True
     else:
         net = googlenet(weights=None, aux_logits=False, init_weights=True)
@@ -165,8 +149,8 @@ def decode_proposals(
     width: int,
     height: int,
     *,
-    top_k: int = 200,
-    nms_iou: float = 0.7,
+    top_k: int,
+    nms_iou: float,
     min_size: float = 1.0,
 ) -> Proposals:
     """Network output of one image -> :class:`Proposals` in pixels.
@@ -218,10 +202,10 @@ class MultiBox:
         net: MultiBoxNet,
         *,
         input_size: int,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        top_k: int = 200,
-        nms_iou: float = 0.7,
+        mean: Sequence[float],
+        std: Sequence[float],
+        top_k: int,
+        nms_iou: float,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
     ) -> None:
@@ -237,8 +221,8 @@ class MultiBox:
         path: str | Path,
         device: str | torch.device = "cpu",
         *,
-        top_k: int = 200,
-        nms_iou: float = 0.7,
+        top_k: int,
+        nms_iou: float,
         num_priors: int | None = None,
         input_size: int | None = None,
     ) -> MultiBox:
@@ -283,16 +267,14 @@ def save_checkpoint(
     net: MultiBoxNet,
     *,
     input_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float],
+    std: Sequence[float],
     extra: dict | None = None,
 ) -> Path:
-    """Write weights + priors + metadata as safetensors, atomically (tmp file + os.replace).
+    """Write weights + priors + metadata as safetensors, atomically.
 
     ``extra`` (JSON-able: epoch, config digest, ...) is stored alongside the metadata.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format_version": FORMAT_VERSION,
         "num_priors": net.num_priors,
@@ -302,30 +284,16 @@ def save_checkpoint(
         "transform_input": net.transform_input,
         **(extra or {}),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
+    return write_safetensors(path, net.state_dict(), METADATA_KEY, meta)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """Tensors and metadata of a MultiBox safetensors file; CheckpointError when it is not one."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise CheckpointError(f"{path}: MultiBox checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    if raw is None:
+    tensors, meta = read_safetensors(path, METADATA_KEY)
+    if not meta:
         raise CheckpointError(f"{path}: not a MultiBox checkpoint (no {METADATA_KEY!r} metadata)")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: {METADATA_KEY!r} metadata is not JSON ({e})") from None
     for key in ("num_priors", "input_size", "mean", "std", "transform_input"):
         if key not in meta:
             raise CheckpointError(f"{path}: metadata lacks {key!r}")
@@ -363,74 +331,3 @@ def load_checkpoint(
             f"{path}: weights do not fit a MultiBoxNet with num_priors={k}: {' '.join(first[:3])}"
         ) from None
     return net, meta
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m proposals.multibox",
-        description="Train the MultiBox proposal network, or run it on images.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples:", 1)[1],
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train",
-        help="train MultiBox (see python -m proposals.multibox train --help)",
-        add_help=False,
-    )
-    train.add_argument("-h", "--help", action="store_true", help="show the training options")
-    propose = sub.add_parser("propose", help="print the proposals of images as JSON lines")
-    propose.add_argument("--checkpoint", required=True, help="MultiBox safetensors checkpoint")
-    propose.add_argument(
-        "--top-k", type=int, default=200, help="boxes kept per image (default 200)"
-    )
-    propose.add_argument(
-        "--nms-iou", type=float, default=0.7, help="class-agnostic NMS IoU (default 0.7)"
-    )
-    propose.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    propose.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images")
-    propose.add_argument("images", nargs="+", help="image files")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    tune_allocator()
-    if argv and argv[0] == "train":
-        from proposals import multibox_train  # imports the training stack only when needed
-
-        return multibox_train.main(argv[1:])
-    args = get_args_parser().parse_args(argv)
-    return _propose_main(args)
-
-
-def _propose_main(args: argparse.Namespace) -> int:
-    from detector.io import load_image
-
-    try:
-        model = MultiBox.from_checkpoint(
-            args.checkpoint, args.device, top_k=args.top_k, nms_iou=args.nms_iou
-        )
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    status = 0
-    for path in args.images:
-        try:
-            image = load_image(path, args.max_pixels)
-        except Exception as e:  # one bad image fails itself, not the run
-            print(f"error: {e}", file=sys.stderr)
-            status = 1
-            continue
-        p = model.propose(image)
-        rec = {
-            "image": path,
-            "boxes": np.round(p.boxes, 2).tolist(),
-            "scores": np.round(p.scores, 5).tolist(),
-        }
-        print(json.dumps(rec))
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,6 @@ class ProposalSource(IntEnum):
 
     SELECTIVE_SEARCH = 0
     MULTIBOX = 1
-    GROUND_TRUTH = 2  # training only: ground-truth boxes added as positives
 
 
 def from_inclusive(boxes: np.ndarray) -> np.ndarray:

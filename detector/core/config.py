@@ -19,8 +19,13 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = "demo"  # configs/demo.yaml: the embedded demo, used when no --config is given
+
+
+# The normalisation torchvision's ImageNet weights expect (RGB, [0, 1] scale).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ConfigError(ValueError):
@@ -29,17 +34,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    root: str = ""  # dataset root in the ILSVRC DET layout (Data/, Annotations/, ImageSets/); "" = embedded demo
+    root: str = ""  # dataset root (ILSVRC DET: Data/, Annotations/, ImageSets/); "" = the embedded demo (detector.resolve)
     format: str = "ilsvrc"  # ilsvrc | coco | voc
     train_split: str = "train"  # ImageSets/DET/<train_split>.txt
     val_split: str = "val"  # split scored by `python -m eval.map` and validation during training
-    classes: str = ""  # map_det.txt / det_classes.tsv; "" = <root>/devkit/data/map_det.txt or <root>/map_det.txt if present, else the 200 ILSVRC classes
-    blacklist: str = (
-        ""  # "<image_index> <wnid>" lines; "" = none (the 2014 val blacklist ships as "ilsvrc2014")
-    )
+    classes: str = ""  # map_det.txt / det_classes.tsv; "" = the tree's devkit/data/map_det.txt or map_det.txt, else the 200 shipped ILSVRC classes
+    blacklist: str = "ilsvrc2014"  # "<val.txt index> <wnid>" lines; "ilsvrc2014" = the shipped 2014 val blacklist; "" = none
     coco_annotations: str = ""  # instances JSON for format=coco
     max_pixels: int = 50_000_000  # images above this many pixels are refused (decompression bombs)
-    demo_dir: str = ""  # where the demo dataset is generated; "" = <cache>/demo/v<version> (detector.paths.cache_root)
+    demo_dir: str = ""  # where the demo dataset is generated; "" = <cache>/demo/v<version> (detector.core.paths.cache_root)
 
 
 @dataclass
@@ -57,7 +60,7 @@ class SelectiveSearchConfig:
     )
     min_side: int = 20  # boxes with a side below this (in resized pixels) are dropped
     workers: int = 0  # process-pool size; 0 = all cores
-    cache_dir: str = ""  # proposal cache; "" = <cache>/proposals (detector.paths), "none" = off
+    cache_dir: str = ""  # proposal cache; "" = <cache>/proposals (detector.core.paths), "none" = off
 
 
 @dataclass
@@ -77,10 +80,9 @@ class MultiBoxConfig:
     weight_decay: float = 1e-4
     pretrained_backbone: bool = True  # start from torchvision ImageNet weights when cached
     output_dir: str = "runs/multibox"
-    # added for proposals/multibox_train.py
     flip: bool = True  # horizontal flip augmentation
     seed: int = 0  # k-means priors, initialisation and sampling order
-    workers: int = 0  # data-loading processes
+    loader_workers: int = 0  # data-loading processes (0 = load in the training process)
     log_every: int = 20  # optimizer steps between JSON log lines
     bn_batches: int = 20  # batches re-run before each checkpoint to recompute BatchNorm statistics (precise BN); 0 = off
 
@@ -93,15 +95,14 @@ class ProposalsConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "googlenet"  # torchvision.models.googlenet with a (classes + 1)-way head
     members: int = 6  # ensemble size; softmax probabilities are averaged
     input_size: int = 224  # S: crops are warped to S x S
     context_pad: int = 16  # p: boxes are enlarged by S / (S - 2p) about their centre
     checkpoints: list[str] = field(default_factory=list)  # one per member (safetensors or .pt)
     checkpoint_dir: str = ""  # alternative: member_*.safetensors found here
     pretrained: bool = True  # start training from GoogLeNet_Weights.IMAGENET1K_V1 when cached
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # RGB, [0, 1] scale
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # RGB, [0, 1] scale
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 @dataclass
@@ -114,7 +115,7 @@ class InferenceConfig:
     score_threshold: float = 0.01  # detections below this are dropped
     max_per_class: int = 100  # per image (R-CNN on ILSVRC)
     max_detections: int = 0  # per image over all classes; 0 = no limit
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
     calibration_images: int = 8  # int8: detect_many calibrates on its first N images
 
 
@@ -131,18 +132,13 @@ class TrainConfig:
     lr_step: int = 0  # epochs between 10x decays; 0 = constant
     flip: bool = True  # horizontal flips
     seed: int = 0  # member i uses seed + i (different sampling and order)
-    workers: int = 0  # data-loading processes
+    loader_workers: int = 0  # data-loading processes (0 = warp in the training process)
     output_dir: str = "runs/detector"
     val_every: int = 1  # epochs between validation mAP; 0 = never
     max_images: int = 0  # use at most this many training images; 0 = all
-    # added by detector.train:
-    precision: str = (
-        "bf16"  # fp32 | bf16 (autocast; ~2x faster on CPUs with AMX/AVX-512 bf16) | auto
-    )
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun: each rank takes cuda:LOCAL_RANK)
-    max_steps: int = (
-        0  # stop after this many mini-batches (bounds the demo); 0 = epochs x steps per epoch
-    )
+    precision: str = "bf16"  # fp32 | bf16 (autocast; ~1.5x faster on CPUs with AVX-512 bf16 or AMX) | auto
+    device: str = "auto"  # auto | cpu | cuda (torchrun: each rank takes cuda:LOCAL_RANK)
+    max_steps: int = 0  # stop after this many mini-batches (bounds the demo); 0 = epochs x steps per epoch
 
 
 @dataclass

@@ -21,3 +21,8 @@ def cache_root() -> Path:
 def expand(path: str) -> Path:
     """A config path with ``~`` and ``$VARS`` expanded."""
     return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def demo_models_dir() -> Path:
+    """Where ``python -m detector.demo`` puts the demo's MultiBox and ensemble members."""
+    return cache_root() / "demo" / "models"

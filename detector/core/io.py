@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 50_000_000  # DataConfig.max_pixels; larger images are refused
+from detector.core.config import DataConfig
+
+DEFAULT_MAX_PIXELS = DataConfig.max_pixels  # larger images are refused
 
 # Lower-case suffixes found by list_images (compared case-insensitively: .JPEG, .Png, ...).
 IMAGE_EXTENSIONS = frozenset(

@@ -1,11 +1,11 @@
 """Training data for the region classifier: labelled regions of a split and warped mini-batches.
 
-:func:`open_split` reads a split (``data.root`` "" = the generated demo set);
 :func:`build_region_pool` labels the proposals of every image (R-CNN, see
-``detector.sampling``); :class:`RegionBatches` turns a step number into one warped
+``detector.training.sampling``); :class:`RegionBatches` turns a step number into one warped
 mini-batch. A batch is a pure function of ``(seed, step)``: the regions, their order and
 the flips come from ``numpy.random.default_rng([seed, step])``, so ``--resume`` and any
 number of DataLoader workers or DDP ranks see exactly the batches of an uninterrupted run.
+The records come from ``detector.datasets.open_split`` (any format the readers support).
 
 Horizontal flip augmentation flips the warped crop. That equals warping the mirrored box
 of the mirrored image (the warp samples a box symmetrically about its centre; only the
@@ -22,45 +22,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.config import Config
-from detector.io import load_image
-from detector.sampling import RegionPool, image_regions, sample_minibatch
-from detector.structures import ClassList, ImageRecord, Proposals
+from detector.core.io import load_image
+from detector.core.structures import ImageRecord, Proposals
+from detector.training.sampling import RegionPool, image_regions, sample_minibatch
+from detector.warp import WarpSettings, warp_regions
 
-
-def open_split(cfg: Config, split: str) -> tuple[list[ImageRecord], ClassList, Path]:
-    """The records of one split of ``cfg.data`` (ILSVRC layout), its classes and the data root.
-
-    ``data.root`` "" generates (or reuses) the demo dataset. Records without an image file
-    are dropped: they cannot be warped.
-    """
-    from detector.datasets.classes import load_classes
-    from detector.datasets.ilsvrc import IlsvrcDet, find_classes
-
-    if cfg.data.format != "ilsvrc":
-        raise ValueError(f"data.format {cfg.data.format!r}: training reads the ILSVRC layout only")
-    if cfg.data.root:
-        root = Path(cfg.data.root).expanduser()
-    else:
-        from detector.datasets.demo import ensure_demo_dataset
-
-        root = Path(ensure_demo_dataset(cfg))
-    classes = load_classes(cfg.data.classes) if cfg.data.classes else find_classes(root)
-    records = [r for r in IlsvrcDet(root, split, classes) if r.path is not None]
-    return records, classes, root
+IMAGE_CACHE_BYTES = 2 << 30  # decoded training images kept in memory (least recently used go)
 
 
 def build_region_pool(
     records: Sequence[ImageRecord],
     proposals: Sequence[Proposals | None],
-    fg_iou: float = 0.5,
-    bg_iou: float = 0.5,
+    *,
+    fg_iou: float,
+    bg_iou: float,
 ) -> RegionPool:
     """Label every image's proposals and add its ground truths as positives.
 
     Args:
         records: the training images (ground truth in ``boxes``/``labels``).
         proposals: one per record; None (an image that failed) contributes nothing.
+        fg_iou, bg_iou: ``train.fg_iou`` / ``train.bg_iou`` (see :func:`image_regions`).
     Returns:
         the pool; ``image_idx`` indexes ``records``.
     """
@@ -69,7 +51,9 @@ def build_region_pool(
         if props is None:
             per_image.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
             continue
-        per_image.append(image_regions(props.boxes, rec.boxes, rec.labels, fg_iou, bg_iou))
+        per_image.append(
+            image_regions(props.boxes, rec.boxes, rec.labels, fg_iou=fg_iou, bg_iou=bg_iou)
+        )
     return RegionPool.from_images(per_image)
 
 
@@ -80,7 +64,9 @@ class ImageCache:
     mostly saves the repeats within a run of steps.
     """
 
-    def __init__(self, paths: Sequence[Path], max_pixels: int, max_bytes: int = 2 << 30):
+    def __init__(
+        self, paths: Sequence[Path], max_pixels: int, max_bytes: int = IMAGE_CACHE_BYTES
+    ):
         self.paths = list(paths)
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
@@ -106,28 +92,26 @@ class RegionBatches(torch.utils.data.Dataset):
 
     Returns ``(crops float32[B, 3, S, S] channels_last, labels int64[B])``; rank ``r`` of
     ``world_size`` gets positions ``r, r + world_size, ...`` of the global batch, so the
-    ranks together see the same 128 regions a single process would.
+    ranks together see the same ``batch_size`` regions a single process would. ``images`` may
+    be None for :meth:`plan` alone.
     """
 
     def __init__(
         self,
         pool: RegionPool,
-        images: ImageCache,
+        images: ImageCache | None,
         *,
         seed: int,
-        batch_size: int = 128,
-        fg_fraction: float = 0.25,
-        flip: bool = True,
-        size: int = 224,
-        context_pad: int = 16,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        batch_size: int,
+        fg_fraction: float,
+        flip: bool,
+        warp: WarpSettings,
         rank: int = 0,
         world_size: int = 1,
     ):
         self.pool, self.images, self.seed = pool, images, seed
         self.batch_size, self.fg_fraction, self.flip = batch_size, fg_fraction, flip
-        self.size, self.context_pad, self.mean, self.std = size, context_pad, mean, std
+        self.warp = warp
         self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
@@ -136,14 +120,16 @@ class RegionBatches(torch.utils.data.Dataset):
     def plan(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Global batch of ``step``: pool indices (int64[B]) and flip flags (bool[B])."""
         rng = np.random.default_rng([self.seed, step])
-        idx = sample_minibatch(rng, self.pool, self.batch_size, self.fg_fraction)
+        idx = sample_minibatch(
+            rng, self.pool, batch_size=self.batch_size, fg_fraction=self.fg_fraction
+        )
         flips = rng.random(len(idx)) < 0.5 if self.flip else np.zeros(len(idx), bool)
         return idx, flips
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx, flips = self.plan(step)
         idx, flips = idx[self.rank :: self.world_size], flips[self.rank :: self.world_size]
-        crops = self.warp(idx)
+        crops = self.crops(idx)
         if flips.any():
             sel = torch.from_numpy(np.flatnonzero(flips))
             crops[sel] = crops[sel].flip(3)
@@ -151,21 +137,17 @@ class RegionBatches(torch.utils.data.Dataset):
             self.pool.labels[idx].copy()
         )
 
-    def warp(self, idx: np.ndarray) -> torch.Tensor:
+    def crops(self, idx: np.ndarray) -> torch.Tensor:
         """Warp regions ``idx`` of the pool, one warp call per image, in ``idx`` order."""
-        from detector.warp import warp_regions
-
-        out = torch.zeros((len(idx), 3, self.size, self.size), dtype=torch.float32)
+        size = self.warp.size
+        out = torch.zeros((len(idx), 3, size, size), dtype=torch.float32)
         image_of = self.pool.image_idx[idx]
         for image_idx in np.unique(image_of):
             rows = np.flatnonzero(image_of == image_idx)
             out[torch.from_numpy(rows)] = warp_regions(
                 self.images[int(image_idx)],
                 self.pool.boxes[idx[rows]],
-                size=self.size,
-                context_pad=self.context_pad,
-                mean=self.mean,
-                std=self.std,
+                self.warp,
                 device="cpu",
             ).float()
         return out

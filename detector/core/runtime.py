@@ -1,4 +1,4 @@
-"""Process-level tuning for CPU inference and training.
+"""Process-level settings: the allocator tuning for CPU inference and training, the core count.
 
 glibc serves every allocation above its mmap threshold (128 KiB, raised dynamically up to
 32 MiB) with a fresh ``mmap`` and returns it with ``munmap``; GoogLeNet's activations at
@@ -33,3 +33,10 @@ def tune_allocator() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = mallopt(M_MMAP_MAX, 0) == 1
     return ok and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

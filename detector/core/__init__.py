@@ -1,0 +1,4 @@
+"""Foundation: typed values, box maths, configuration, image loading, paths, checkpoints, devices.
+
+Every other layer may import from here; nothing here imports from another layer.
+"""

@@ -1,0 +1,90 @@
+"""Reading and writing checkpoints that cannot run code.
+
+A checkpoint is a safetensors file: tensors plus JSON metadata stored as one string under a
+key of the safetensors header (``"detector"`` for region classifiers, ``"multibox"`` for
+MultiBox). ``.pt``/``.pth`` files are read only with ``torch.load(weights_only=True)``.
+Every error is a :class:`CheckpointError` whose message starts with the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torchvision.models import GoogLeNet_Weights
+
+from detector.core.atomic import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit; the message names the file."""
+
+
+def imagenet_weights_path() -> Path:
+    """Where ``torch.hub`` caches ``GoogLeNet_Weights.IMAGENET1K_V1`` (may not exist).
+
+    Nothing is ever downloaded: pretrained weights are used only when this file is present.
+    """
+    name = GoogLeNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def write_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], key: str, metadata: dict[str, Any]
+) -> Path:
+    """Write ``tensors`` and ``metadata`` (JSON under ``key``) atomically; returns the path."""
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={key: json.dumps(metadata)})
+    return Path(path)
+
+
+def read_safetensors(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and the JSON metadata under ``key`` ({} when the file has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = (f.metadata() or {}).get(key)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
+    if raw is None:
+        return tensors, {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: {key!r} metadata is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: {key!r} metadata is not a JSON object")
+    return tensors, meta
+
+
+def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers, never pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors vary: report the file and the cause
+        raise CheckpointError(
+            f"{path}: cannot load with weights_only=True ({type(e).__name__}: {one_line(e)})"
+        ) from None
+
+
+def save_weights_only(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` of tensors and plain containers, atomically (read back with
+    :func:`load_weights_only`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__

@@ -1,0 +1,1 @@
+"""Training: the shared scaffold, R-CNN region sampling, the region classifier and MultiBox trainers."""
