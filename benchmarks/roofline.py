@@ -3,7 +3,8 @@ peaks per number format and the work of one crop.
 
 ``scoring GFLOP/s = crops/s x GFLOP per crop``; dividing by the measured peak of the same
 number format says how much is left to gain by tuning, as opposed to by other hardware
-(DESIGN.md's figures assume AMX tiles; AVX-512 BF16/VNNI machines peak far lower).
+(crops/s targets quoted from AMX machines do not transfer: AVX-512 BF16/VNNI machines peak
+far lower).
 
     from benchmarks.roofline import crop_gflop, matmul_peaks
     peaks = matmul_peaks()        # {"fp32": 89.4, "bf16": 380.2, "int8": 760.0} GFLOP/s (GOP/s)

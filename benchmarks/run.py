@@ -255,7 +255,7 @@ def paper_detector(args: argparse.Namespace, precision: str = "auto"):
         input_size=args.size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        top_k=mb.top_k,
+        top_k=args.multibox_top_k,
         nms_iou=mb.nms_iou,
         device="cpu",
     )
@@ -500,6 +500,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--search-width", type=int, default=0,
                    help="selective search resize width (0 = the paper's 500)")  # fmt: skip
+    p.add_argument("--multibox-top-k", type=int, default=MultiBoxConfig().top_k,
+                   help="MultiBox boxes added to selective search's end to end (the paper's 200)")  # fmt: skip
     p.add_argument("--peak-size", type=int, default=2048,
                    help="n of the n x n x n matrix products that measure the peak")  # fmt: skip
     return p
@@ -508,7 +510,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def apply_quick(args: argparse.Namespace) -> None:
     args.crops, args.chunk, args.members, args.size, args.repeats = 16, 8, 2, 64, 1
     args.compile, args.photos, args.memory_boxes, args.accuracy_images = False, 1, [16, 64], 2
-    args.peak_size, args.search_width = 256, 100
+    args.peak_size, args.search_width, args.multibox_top_k = 256, 80, 20
 
 
 def environment() -> dict:

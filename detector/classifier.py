@@ -25,6 +25,7 @@ from torchvision.models import GoogLeNet, GoogLeNet_Weights
 from detector.core.checkpoints import (
     CheckpointError,
     imagenet_weights_path,
+    load_state_strict,
     load_weights_only,
     read_safetensors,
     write_safetensors,
@@ -242,13 +243,7 @@ def load_checkpoint(
         init_weights=False,
     )
     state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"{path}: weights do not fit GoogLeNet: {' '.join(first[:3])}"
-        ) from None
+    load_state_strict(model, state, path, "GoogLeNet")
     return model.to(device).eval(), meta
 
 

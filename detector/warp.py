@@ -23,8 +23,8 @@ pixel ``i`` mapped to source pixel centres), likewise rows, with bilinear weight
   roi_align repeats the image's edge pixel for samples in ``[-1, 0]``, so it runs on a
   zero-padded image.
 
-On the CPU ``roi_align`` is single-threaded and ~10x slower than the resize loop (DESIGN.md
-"Pipeline" step 5), hence the two methods.
+On the CPU ``roi_align`` is single-threaded and ~10x slower than the resize loop (measured on
+a 500x375 image with 2,000 boxes: 1,420 ms against 125 ms; docs/PROTOCOLS.md, "Warp"), hence the two methods.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """ILSVRC DET average precision, exactly as the official devkit's ``eval_detection.m``.
 
-The protocol (DESIGN.md, "Evaluation"):
+The protocol (docs/PROTOCOLS.md, "Evaluation"):
   1. boxes are inclusive ``(xmin, ymin, xmax, ymax)``: ``w = xmax - xmin + 1``;
   2. each ground truth has its own threshold ``thr = min(iou, w*h / ((w+10)*(h+10)))``;
   3. ``ov = iw*ih / ua`` with the devkit's +1 widths; a hit needs ``ov >= thr``;

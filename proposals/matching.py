@@ -1,6 +1,6 @@
 """MultiBox training target: one-to-one matching of ground truths to slots, and the loss.
 
-Matching (DESIGN.md "Training"): slot i with predicted box l_i (normalised xyxy) and
+Matching (docs/PROTOCOLS.md, "MultiBox training"): slot i with predicted box l_i (normalised xyxy) and
 confidence c_i = sigmoid(x_i) is assigned to ground truth g_j by the Hungarian algorithm
 (``scipy.optimize.linear_sum_assignment``) on the cost
 

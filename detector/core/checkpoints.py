@@ -86,5 +86,15 @@ def save_weights_only(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
+def load_state_strict(model: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:
+    """``model.load_state_dict(state, strict=True)``; a mismatch is a CheckpointError naming
+    the file and what the weights should have fit (``what``)."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"{path}: weights do not fit {what}: {' '.join(first[:3])}") from None
+
+
 def one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300] or type(e).__name__

@@ -3,7 +3,7 @@
 glibc serves every allocation above its mmap threshold (128 KiB, raised dynamically up to
 32 MiB) with a fresh ``mmap`` and returns it with ``munmap``; GoogLeNet's activations at
 batch 64-128 are larger, so each forward pass maps, page-faults and unmaps them again (up
-to 2x slower, DESIGN.md "Speed"). ``GLIBC_TUNABLES`` must be set before the process
+to 2x slower, docs/DECISIONS.md, "Speed paths"). ``GLIBC_TUNABLES`` must be set before the process
 starts; ``mallopt`` does the same from inside it.
 """
 

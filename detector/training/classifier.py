@@ -238,9 +238,7 @@ def restore(state_path: Path, model: nn.Module, optimizer, cfg: Config, member: 
     """
     state = load_state(state_path)
     if state.get("member") != member:
-        raise CheckpointError(
-            f"{state_path}: state of member {state.get('member')}, not {member}"
-        )
+        raise CheckpointError(f"{state_path}: state of member {state.get('member')}, not {member}")
     if state.get("resume_key") != resume_key(cfg):
         print(
             f"{PREFIX}: {state_path}: written with other settings; starting over",

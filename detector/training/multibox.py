@@ -260,9 +260,7 @@ def _train_epoch(model, opt, loader, epoch, step, cfg, ctx, log, bar, max_steps)
             continue
         images, gts = batch
         boxes, logits = model(images.to(ctx.device, non_blocking=True))
-        location, confidence = loss_terms(
-            boxes, logits, [g.to(ctx.device) for g in gts], mb.alpha
-        )
+        location, confidence = loss_terms(boxes, logits, [g.to(ctx.device) for g in gts], mb.alpha)
         loss = location + confidence
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -64,9 +64,7 @@ class ImageCache:
     mostly saves the repeats within a run of steps.
     """
 
-    def __init__(
-        self, paths: Sequence[Path], max_pixels: int, max_bytes: int = IMAGE_CACHE_BYTES
-    ):
+    def __init__(self, paths: Sequence[Path], max_pixels: int, max_bytes: int = IMAGE_CACHE_BYTES):
         self.paths = list(paths)
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes

@@ -60,7 +60,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     propose = sub.add_parser("propose", help="print the proposals of images as JSON lines")
     propose.add_argument("--checkpoint", required=True, help="MultiBox safetensors checkpoint")
     propose.add_argument(
-        "--top-k", type=int, default=defaults.top_k, help=f"boxes kept per image (default {defaults.top_k})"
+        "--top-k",
+        type=int,
+        default=defaults.top_k,
+        help=f"boxes kept per image (default {defaults.top_k})",
     )
     propose.add_argument(
         "--nms-iou", type=float, default=defaults.nms_iou,

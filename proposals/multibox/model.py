@@ -33,6 +33,7 @@ from torchvision.ops import nms
 from detector.core.checkpoints import (
     CheckpointError,
     imagenet_weights_path,
+    load_state_strict,
     read_safetensors,
     write_safetensors,
 )
@@ -323,11 +324,5 @@ def load_checkpoint(
             f"{path}: tensor 'priors' has shape {got}, expected ({k}, 4) for num_priors={k}"
         )
     net = MultiBoxNet(k, priors, transform_input=bool(meta["transform_input"]))
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"{path}: weights do not fit a MultiBoxNet with num_priors={k}: {' '.join(first[:3])}"
-        ) from None
+    load_state_strict(net, tensors, path, f"a MultiBoxNet with num_priors={k}")
     return net, meta

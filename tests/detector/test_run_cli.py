@@ -28,14 +28,11 @@ from detector.outputs import (
 )
 from detector.visualize import class_color, draw_detections
 from eval.submission import cap_per_class, from_records, write_submission
+from tests.conftest import FAST as TINY_FAST
 
 FAST = [
-    "proposals.multibox.enabled=false",
-    "proposals.selective_search.resize_width=100",
-    "proposals.selective_search.min_side=30",
-    "proposals.selective_search.cache_dir=none",
-    "inference.precision=fp32",
-    "inference.threads=1",  # the suite shares 2 cores: one thread is far cheaper under load
+    *TINY_FAST,
+    "inference.score_threshold=0.01",  # the default: many detections to write
     "data.max_pixels=40000",  # the 300 x 300 image is "huge"
 ]
 

@@ -10,6 +10,9 @@ from detector.training.sampling import (
     sample_minibatch,
 )
 
+IOU = {"fg_iou": 0.5, "bg_iou": 0.5}  # the paper's thresholds (train.fg_iou / train.bg_iou)
+BATCH = {"batch_size": 128, "fg_fraction": 0.25}  # 32 + 96 (train.batch_size / fg_fraction)
+
 
 def test_label_proposals_hand_computed():
     gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32)
@@ -24,7 +27,7 @@ def test_label_proposals_hand_computed():
         ],
         np.float32,
     )
-    labels, max_iou = label_proposals(props, gt, gt_labels)
+    labels, max_iou = label_proposals(props, gt, gt_labels, **IOU)
     np.testing.assert_array_equal(labels, [3, 0, 7, 0, 0])
     np.testing.assert_allclose(max_iou, [0.5, 0.4, 1.0, 0.2, 0.0], atol=1e-6)
     assert labels.dtype == np.int64 and max_iou.dtype == np.float32
@@ -38,19 +41,19 @@ def test_label_proposals_gap_is_ignored():
 
 
 def test_label_proposals_empty_inputs():
-    labels, iou = label_proposals(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0))
+    labels, iou = label_proposals(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0), **IOU)
     assert labels.shape == (0,) and iou.shape == (0,)
-    labels, iou = label_proposals(np.array([[0, 0, 5, 5]]), np.zeros((0, 4)), np.zeros(0))
+    labels, iou = label_proposals(np.array([[0, 0, 5, 5]]), np.zeros((0, 4)), np.zeros(0), **IOU)
     np.testing.assert_array_equal(labels, [0])  # no ground truth: everything is background
 
 
 def test_image_regions_adds_ground_truth_first():
     gt = np.array([[0, 0, 10, 10]], np.float32)
     props = np.array([[0, 0, 10, 5], [50, 50, 60, 60]], np.float32)
-    boxes, labels = image_regions(props, gt, np.array([2]))
+    boxes, labels = image_regions(props, gt, np.array([2]), **IOU)
     np.testing.assert_array_equal(labels, [2, 2, 0])
     np.testing.assert_array_equal(boxes[0], gt[0])
-    boxes, labels = image_regions(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0))
+    boxes, labels = image_regions(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0), **IOU)
     assert boxes.shape == (0, 4) and labels.shape == (0,)
 
 
@@ -62,7 +65,7 @@ def _pool(n_fg: int, n_bg: int) -> RegionPool:
 
 def test_sample_minibatch_counts_32_96():
     pool = _pool(100, 1000)
-    batch = sample_minibatch(np.random.default_rng(0), pool, 128, 0.25)
+    batch = sample_minibatch(np.random.default_rng(0), pool, **BATCH)
     assert len(batch) == 128 and len(set(batch.tolist())) == 128
     assert (pool.labels[batch] > 0).sum() == 32
     assert len(set(pool.image_idx[batch].tolist())) == 7  # across images
@@ -70,33 +73,35 @@ def test_sample_minibatch_counts_32_96():
 
 def test_sample_minibatch_fills_with_background():
     pool = _pool(5, 1000)
-    batch = sample_minibatch(np.random.default_rng(0), pool, 128, 0.25)
+    batch = sample_minibatch(np.random.default_rng(0), pool, **BATCH)
     assert len(batch) == 128 and (pool.labels[batch] > 0).sum() == 5
 
 
 def test_sample_minibatch_fills_with_positives_and_small_pool():
     pool = _pool(200, 10)
-    batch = sample_minibatch(np.random.default_rng(0), pool, 128, 0.25)
+    batch = sample_minibatch(np.random.default_rng(0), pool, **BATCH)
     assert len(batch) == 128 and (pool.labels[batch] == 0).sum() == 10
     small = _pool(3, 4)
-    assert sorted(sample_minibatch(np.random.default_rng(0), small, 128).tolist()) == list(range(7))
+    assert sorted(sample_minibatch(np.random.default_rng(0), small, **BATCH).tolist()) == list(
+        range(7)
+    )
 
 
 def test_sample_minibatch_deterministic_per_seed():
     pool = _pool(100, 1000)
-    a = sample_minibatch(np.random.default_rng(5), pool)
-    b = sample_minibatch(np.random.default_rng(5), pool)
-    c = sample_minibatch(np.random.default_rng(6), pool)
+    a = sample_minibatch(np.random.default_rng(5), pool, **BATCH)
+    b = sample_minibatch(np.random.default_rng(5), pool, **BATCH)
+    c = sample_minibatch(np.random.default_rng(6), pool, **BATCH)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     # same regions in a different order also counts as a different member
-    same_set = sample_minibatch(np.random.default_rng(6), _pool(32, 96))
-    other = sample_minibatch(np.random.default_rng(7), _pool(32, 96))
+    same_set = sample_minibatch(np.random.default_rng(6), _pool(32, 96), **BATCH)
+    other = sample_minibatch(np.random.default_rng(7), _pool(32, 96), **BATCH)
     assert sorted(same_set.tolist()) == sorted(other.tolist()) == list(range(128))
     assert not np.array_equal(same_set, other)
 
 
 def test_sample_minibatch_empty_pool():
-    batch = sample_minibatch(np.random.default_rng(0), RegionPool(), 128)
+    batch = sample_minibatch(np.random.default_rng(0), RegionPool(), **BATCH)
     assert batch.shape == (0,) and batch.dtype == np.int64
     assert len(RegionPool.from_images([])) == 0

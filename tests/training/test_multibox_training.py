@@ -1,5 +1,8 @@
 """A short real MultiBox training run on generated images, through the real pipeline:
-ILSVRC-layout files on disk, the dataset reader, k-means priors, SGD, checkpoints, resume."""
+ILSVRC-layout files on disk, the dataset reader, k-means priors, SGD, checkpoints, resume.
+
+The configs are built by hand as the resolve step leaves them (a real ``data.root``); the
+command line (``python -m proposals.multibox train``) resolves its own."""
 
 import json
 from pathlib import Path
@@ -10,12 +13,14 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-from detector.core.config import load_config
+from detector.core.config import IMAGENET_MEAN, IMAGENET_STD, MultiBoxConfig, load_config
 from detector.datasets import default_classes
-from detector.training.multibox import main as train_main
+from detector.training import scaffold
 from detector.training.multibox import train_multibox
-from proposals.multibox.model import MultiBox, MultiBoxNet
+from proposals.multibox.__main__ import main as multibox_main
+from proposals.multibox.model import MultiBox, MultiBoxNet, load_checkpoint
 
+NMS_IOU = MultiBoxConfig().nms_iou
 SIZE = 48  # image side = network input: cheap, and still deep enough for GoogLeNet's pools
 
 
@@ -61,12 +66,12 @@ def _config(root: Path, **multibox):
         "lr": 0.003,
         "epochs": 8,
         "pretrained_backbone": False,
-        "workers": 0,
+        "loader_workers": 0,
         "log_every": 1,
         "bn_batches": 2,
         **multibox,
     }
-    items = [f"data.root={root}", "data.train_split=train", "inference.device=cpu"]
+    items = [f"data.root={root}", "data.train_split=train", "train.device=cpu"]
     items += [f"proposals.multibox.{k}={v}" for k, v in overrides.items()]
     return load_config(None, items)
 
@@ -102,9 +107,16 @@ def test_training_lowers_loss_and_beats_the_priors(trained):
     assert len(losses) == 8 * 4  # 32 images / batch 8 = 4 steps an epoch, 8 epochs
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
     assert sum(r.get("event") == "checkpoint" for r in log) == 8
-    model = MultiBox.from_checkpoint(path, top_k=8)
+    model = MultiBox.from_checkpoint(path, top_k=8, nms_iou=NMS_IOU)
     # the priors alone: the same slots before training (objectness ~ equal everywhere)
-    priors = MultiBox(MultiBoxNet(8, model.net.priors), input_size=SIZE, top_k=8)
+    priors = MultiBox(
+        MultiBoxNet(8, model.net.priors),
+        input_size=SIZE,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        top_k=8,
+        nms_iou=NMS_IOU,
+    )
     trained_cov, prior_cov = coverage(model, root, gts, top=1), coverage(priors, root, gts, top=1)
     assert trained_cov >= prior_cov + 0.2, (trained_cov, prior_cov)
 
@@ -113,7 +125,8 @@ def test_resume_continues_from_the_last_epoch(trained):
     root, _, out, path = trained
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["epoch"] == 7 and state["step"] == 32
-    assert train_main(["--output-dir", str(out), "--resume", *_cli(root, epochs=9)]) == 0
+    args = ["train", "--output-dir", str(out), "--resume", *_cli(root, epochs=9)]
+    assert multibox_main(args) == 0
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["epoch"] == 8 and state["step"] == 36
     steps = [
@@ -129,7 +142,7 @@ def _cli(root: Path, **multibox) -> list[str]:
     mb = cfg.proposals.multibox
     return [
         f"data.root={root}",
-        "inference.device=cpu",
+        "train.device=cpu",
         *(
             f"proposals.multibox.{k}={getattr(mb, k)}"
             for k in (
@@ -161,5 +174,55 @@ def test_max_steps_empty_annotations_and_a_corrupt_image(tmp_path):
         path = train_multibox(cfg, tmp_path / "run", max_steps=2, progress=False)
     state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
     assert state["step"] == 2 and state["epoch"] == 0
-    props = MultiBox.from_checkpoint(path).propose(np.zeros((30, 40, 3), np.uint8))
+    props = MultiBox.from_checkpoint(path, top_k=8, nms_iou=NMS_IOU).propose(
+        np.zeros((30, 40, 3), np.uint8)
+    )
     assert props.boxes.shape[1] == 4 and (props.boxes[:, 2] <= 40).all()
+
+
+def test_trains_on_train_device(tmp_path, monkeypatch, capsys):
+    """MultiBox trains on ``train.device``, never ``inference.device`` (unusable here); the
+    command line prints one ``MultiBox checkpoint: PATH`` line."""
+    write_rectangle_dataset(tmp_path, 4)
+    asked = []
+
+    def spy(name, local_rank=0):
+        asked.append(str(name))
+        return resolve_device(name, local_rank)
+
+    resolve_device = scaffold.resolve_device
+    monkeypatch.setattr(scaffold, "resolve_device", spy)
+    cfg = _config(tmp_path, batch_size=2, epochs=1, num_priors=4, bn_batches=0)
+    cfg.inference.device = "no-such-device"
+    path = train_multibox(cfg, tmp_path / "run", max_steps=1, progress=False)
+    assert path.is_file() and asked == ["cpu"]
+    args = ["train", "--output-dir", str(tmp_path / "cli"), "--max-steps", "1"]
+    overrides = [*_cli(tmp_path, epochs=1, num_priors=4, bn_batches=0), "inference.device=cpu"]
+    assert multibox_main([*args, *overrides]) == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"MultiBox checkpoint: {tmp_path / 'cli' / 'multibox.safetensors'}"
+    )
+    assert asked[-1] == "cpu"
+
+
+def test_trains_a_voc_tree(tmp_path):
+    """Any format open_split reads trains (here PASCAL VOC)."""
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (tmp_path / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+            tmp_path / "JPEGImages" / f"{i:06d}.jpg"
+        )
+        (tmp_path / "Annotations" / f"{i:06d}.xml").write_text(
+            f"<annotation><size><width>{SIZE}</width><height>{SIZE}</height></size><object>"
+            "<name>dog</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>40</ymax>"
+            "</bndbox></object></annotation>"
+        )
+    (tmp_path / "ImageSets/Main/train.txt").write_text("".join(f"{i:06d}\n" for i in range(4)))
+    cfg = _config(tmp_path, batch_size=2, epochs=1, num_priors=4, bn_batches=0)
+    cfg.data.format = "voc"
+    path = train_multibox(cfg, tmp_path / "run", max_steps=1, progress=False)
+    net, meta = load_checkpoint(path)
+    assert net.num_priors == 4 and meta["mean"] == list(IMAGENET_MEAN)
