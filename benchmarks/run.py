@@ -3,6 +3,9 @@
     python -m benchmarks.run --output runs/bench/bench.json
     python -m benchmarks.run --quick          # small sizes: checks the benchmark itself works
 
+``--quick``: one downscaled photo, 2 members at S = 64, 20 MultiBox boxes, the default path
+only end to end (int8 is still timed in section 1), no accuracy section (a smoke test).
+
 Sections (each prints a table; all figures go to the JSON file):
 1. scoring: crops/s of one GoogLeNet (201 outputs, S = 224) on warped crops of real photos,
    plain eager fp32 torchvision (NCHW) beside our paths (fp32 channels_last, bf16, compiled
@@ -10,12 +13,13 @@ Sections (each prints a table; all figures go to the JSON file):
    measured matrix-multiply peak in the same number format; then the six-member ensemble.
 2. selective search: seconds per image, one process and the pool with all cores.
 3. end to end: the paper configuration (doubled selective search + 200 MultiBox boxes,
-   six members at 224, 16 px context) on real photographs, seconds per image by stage,
-   serial and pipelined (proposals of the next images computed while one is scored).
-4. memory: peak resident memory when scoring few and many proposals (separate processes).
+   six members at 224, 16 px context) on real photographs, seconds per image by stage (load,
+   propose, warp, score = the CNNs alone, nms), serial and pipelined (proposals of the next
+   images computed while one is scored), and whether both gave the same detections.
+4. memory: peak resident memory when scoring few and many proposals (a fresh process each).
 5. accuracy of the fast paths against fp32, on the trained demo models when they are built
-   (``python -m detector.demo --build-only``): max probability difference, top-1 agreement
-   over crops, and agreement of the final detections.
+   (``python -m detector.demo --build-only``; found by ``resolve_config``): max probability
+   difference, top-1 agreement over crops, and agreement of the final detections.
 
 Weights in sections 1-4 are random (speed does not depend on them). The 2 cores of a dev
 machine are often shared: compare the ratios of one run, not figures across runs.
@@ -29,6 +33,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue as queue_module
 import resource
 import sys
 import time
@@ -278,9 +283,9 @@ def paper_detector(args: argparse.Namespace, precision: str = "auto"):
 
 
 def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict:
-    """The default path, and int8 (calibrated on the first photo) when --int8."""
+    """The default path, and int8 (calibrated on the first photo) when --int8 (not --quick)."""
     res = {"default": end_to_end(photos, args, "auto")}
-    if args.int8:
+    if args.int8 and not args.quick:
         res["int8"] = end_to_end(photos, args, "int8")
     return res
 
@@ -356,7 +361,8 @@ def end_to_end(photos: list[np.ndarray], args: argparse.Namespace, precision: st
 # ---- 4. memory -------------------------------------------------------------------------------
 
 
-def _memory_child(n_boxes: int, members: int, size: int, chunk: int, queue) -> None:
+def _memory_child(n_boxes: int, members: int, size: int, chunk: int, threads: int, queue) -> None:
+    torch.set_num_threads(threads)  # as many as the parent scores with
     photo = load_photos(("astronaut",))[0]
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 400, size=(n_boxes, 2))
@@ -371,13 +377,18 @@ def _memory_child(n_boxes: int, members: int, size: int, chunk: int, queue) -> N
 
 
 def bench_memory(args: argparse.Namespace) -> dict:
+    """One fresh process per proposal count, started together (each measures only itself)."""
     ctx = multiprocessing.get_context("spawn")
-    res = {}
+    children = []
     for n in args.memory_boxes:
         q = ctx.Queue()
-        p = ctx.Process(target=_memory_child, args=(n, args.members, args.size, args.chunk, q))
+        child_args = (n, args.members, args.size, args.chunk, torch.get_num_threads(), q)
+        p = ctx.Process(target=_memory_child, args=child_args)
         p.start()
-        before, peak, shape = q.get()
+        children.append((n, p, q))
+    res = {}
+    for n, p, q in children:
+        before, peak, shape = _child_result(p, q, f"the memory process for {n} proposals")
         p.join()
         res[str(n)] = {"after_load_mb": before, "peak_mb": peak, "scored": list(shape)}
     print(
@@ -388,6 +399,16 @@ def bench_memory(args: argparse.Namespace) -> dict:
             f"{n:>6} proposals: {r['peak_mb']:.0f} MB peak ({r['after_load_mb']:.0f} MB after loading)"
         )
     return res
+
+
+def _child_result(process, queue, what: str):
+    """The child's one message; an error (not a hang) when it dies first (e.g. killed for memory)."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_module.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{what} exited with code {process.exitcode}") from None
 
 
 # ---- 5. accuracy of the fast paths -----------------------------------------------------------

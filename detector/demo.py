@@ -89,7 +89,11 @@ def build_models(cfg: Config, *, rebuild: bool = False) -> Path:
         train_member(member_cfg, i, out, resume=resume)
         timings[f"member_{i}"] = time.perf_counter() - t0
         print(f"[demo] member {i} trained in {timings[f'member_{i}']:.0f} s", flush=True)
-    record = {"key": build_key(cfg), "seconds": timings, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "key": build_key(cfg),
+        "seconds": timings,
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     atomic_write_text(out / BUILD_RECORD, json.dumps(record, indent=1))
     return out
 
@@ -128,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detector.demo: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"[demo] dataset: {resolved.data.root}", flush=True)
-    print(f"[demo] models: {demo_models_dir()} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    print(
+        f"[demo] models: {demo_models_dir()} ({time.perf_counter() - t0:.0f} s so far)", flush=True
+    )
     if args.build_only:
         return 0
     return run_and_evaluate(resolved, Path(args.output_dir))

@@ -165,7 +165,9 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
             records = records[: args.max_images]
         out_dir = expand(args.output_dir or cfg.eval.output_dir)
         submission = run_detector(cfg, records, split, out_dir)
-    arrays = read_submission(submission, num_classes=len(classes), image_indices=[r.index for r in records])
+    arrays = read_submission(
+        submission, num_classes=len(classes), image_indices=[r.index for r in records]
+    )
     t0 = time.perf_counter()
     result = evaluate(records, arrays, len(classes), pairs, iou=cfg.eval.iou)
     seconds = time.perf_counter() - t0

@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def propose_split(
-    cfg, split: str, max_images: int
-) -> tuple[list[ImageRecord], list[Proposals]]:
+def propose_split(cfg, split: str, max_images: int) -> tuple[list[ImageRecord], list[Proposals]]:
     """Records of the split that decode, and their proposals (cached selective search +
     MultiBox); an unreadable image is reported and left out."""
     from detector.core.io import ImageLoadError, load_image

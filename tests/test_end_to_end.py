@@ -5,6 +5,7 @@ stopped member training must resume where it stopped."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from detector.datasets.demo import ensure_demo_dataset
 from detector.datasets.ilsvrc import IlsvrcDet
 from detector.detector import Detector
 from detector.nms import per_class_nms
+from detector.resolve import TRAIN_MULTIBOX, resolve_config
 from detector.training.classifier import train_member
 from detector.training.multibox import train_multibox
 from eval.ilsvrc_ap import evaluate
@@ -51,6 +53,7 @@ def trained(tmp_path_factory):
         "demo",
         [f"data.root={root}", f"proposals.selective_search.cache_dir={base / 'cache'}", *OVERRIDES],
     )
+    cfg = resolve_config(cfg, needs=TRAIN_MULTIBOX)  # the commands resolve first, as here
     multibox = train_multibox(cfg, base / "multibox", progress=False)
     cfg.proposals.multibox.checkpoint = str(multibox)  # members train on the merged proposals
     members = [train_member(cfg, i, base / "members") for i in range(2)]
@@ -65,11 +68,13 @@ def test_trained_ensemble_beats_random_scores(trained) -> None:
     ours, random = [], []
     for rec in records:
         image = load_image(rec.path)
-        proposals = detector.propose(image)
-        probs = detector.score(image, proposals.boxes)
+        proposals = detector.proposer(image)
+        probs = detector.scorer.score(detector.scorer.regions(image, proposals.boxes))
         ours.append((rec.index, detector.nms(proposals.boxes, probs)))
         noise = rng.dirichlet(np.ones(probs.shape[1]), size=len(probs)).astype(np.float32)
-        boxes, scores, labels = per_class_nms(proposals.boxes, noise, score_threshold=0.01)
+        boxes, scores, labels = per_class_nms(
+            proposals.boxes, noise, **asdict(detector.nms_settings)
+        )
         random.append((rec.index, Detections(boxes, scores, labels)))
     num_classes = len(detector.classes)
     m_ours = evaluate(records, from_detections(ours), num_classes).mAP

@@ -59,8 +59,8 @@ class SelectiveSearchConfig:
         default_factory=lambda: ["color+texture+size+fill", "texture+size+fill"]
     )
     min_side: int = 20  # boxes with a side below this (in resized pixels) are dropped
-    workers: int = 0  # process-pool size; 0 = all cores
-    cache_dir: str = ""  # proposal cache; "" = <cache>/proposals (detector.core.paths), "none" = off
+    workers: int = 0  # processes computing selective search; 0 = all cores
+    cache_dir: str = ""  # proposal cache; "" = <cache>/proposals, "none" = off
 
 
 @dataclass
@@ -136,9 +136,9 @@ class TrainConfig:
     output_dir: str = "runs/detector"
     val_every: int = 1  # epochs between validation mAP; 0 = never
     max_images: int = 0  # use at most this many training images; 0 = all
-    precision: str = "bf16"  # fp32 | bf16 (autocast; ~1.5x faster on CPUs with AVX-512 bf16 or AMX) | auto
+    precision: str = "bf16"  # fp32 | bf16 (autocast; faster with AVX-512 bf16 or AMX) | auto
     device: str = "auto"  # auto | cpu | cuda (torchrun: each rank takes cuda:LOCAL_RANK)
-    max_steps: int = 0  # stop after this many mini-batches (bounds the demo); 0 = epochs x steps per epoch
+    max_steps: int = 0  # stop after this many mini-batches; 0 = epochs x steps per epoch
 
 
 @dataclass

@@ -59,7 +59,9 @@ from detector.core.structures import ClassList
 
 GENERATOR_VERSION = 1  # bump when the output changes; the default cache folder is per version
 MARKER = "demo_dataset.json"
-CACHE_ENV = "INCEPTION_RCNN_CACHE"  # cache root (detector.core.paths); default ~/.cache/inception-rcnn
+CACHE_ENV = (
+    "INCEPTION_RCNN_CACHE"  # cache root (detector.core.paths); default ~/.cache/inception-rcnn
+)
 JPEG_QUALITY = 90  # fixed so that the files are reproducible
 LONG_SIDE = (256, 320)  # image long side in pixels, inclusive range
 ASPECTS = (1.0, 4 / 3, 3 / 2)  # long / short side
@@ -540,7 +542,12 @@ def read_marker(root: Path) -> dict | None:
 
 
 def ensure_demo_dataset(
-    folder: str | Path | None = None, *, num_train: int = 240, num_val: int = 40, seed: int = 0, force: bool = False
+    folder: str | Path | None = None,
+    *,
+    num_train: int = 240,
+    num_val: int = 40,
+    seed: int = 0,
+    force: bool = False,
 ) -> Path:
     """Return the root of a complete demo tree, generating it first when needed.
 

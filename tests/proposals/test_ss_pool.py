@@ -63,8 +63,10 @@ def test_empty_input_and_unknown_setting():
         list(SelectiveSearchPool(workers=1).map([data.coffee()]))
 
 
-def test_zero_workers_means_all_cores():
-    assert SelectiveSearchPool(workers=0).workers >= 1
+def test_zero_workers_means_all_cores(monkeypatch):
+    monkeypatch.setattr("proposals.pool.available_cores", lambda: 3)
+    assert SelectiveSearchPool(workers=0).workers == 3
+    assert SelectiveSearchPool(workers=2).workers == 2
 
 
 def test_from_config():
