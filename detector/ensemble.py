@@ -1,16 +1,18 @@
 """Score warped regions with an ensemble of classifiers: the mean of their softmaxes.
 
-The fast CPU path (docs/DECISIONS.md, "Speed paths"): eval mode, channels_last weights and inputs,
-``torch.inference_mode``, bf16 autocast where the CPU has bf16 instructions (AVX-512 BF16 or
+The fast CPU path (docs/DECISIONS.md, "Speed paths"): eval mode, channels_last weights and
+inputs, ``torch.inference_mode``, bf16 autocast where the CPU has bf16 instructions (AVX-512 BF16 or
 AMX), optionally ``torch.compile`` (inductor with freezing) with one fixed chunk shape, or
 experimental int8 (FX post-training quantization, x86 backend) calibrated on real crops.
 On CUDA: bf16 autocast, channels_last, and the warp runs on the device (roi_align).
 
-Example:
+Example (``detector.build.load_ensemble`` does this from a config)::
+
     members, meta = load_members(["m0.safetensors", "m1.safetensors"], "cpu")
-    ens = Ensemble(members, warp=warp_settings(meta), device="cpu", precision="bf16",
-                   chunk_size=128, compile=False)
-    probs = ens.score_image(image, proposals.boxes)  # float32[N, K + 1]
+    warp = warp_from_metadata(meta, fallback)  # what the members were trained with
+    ens = Ensemble(members, warp=warp, device="cpu", precision="bf16", chunk_size=128,
+                   compile=False)
+    probs = ens.score(ens.regions(image, proposals.boxes))  # float32[N, K + 1]
 """
 
 from __future__ import annotations
