@@ -155,7 +155,7 @@ def run_and_evaluate(cfg: Config, out: Path) -> int:
         overwrite=True,
     )
     status = detect_folder(cfg, run)
-    if status == 2:
+    if status in (2, 3):  # a setup or output error: nothing to evaluate
         return status
     return evaluate_split(
         cfg, MapOptions(split="val", detections=str(submission), json=str(out / "val_map.json"))

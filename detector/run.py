@@ -28,8 +28,10 @@ starts over. Without ``--resume`` or ``--overwrite`` an existing log is an error
 results and the ILSVRC submission are written at the end, atomically, from the whole log. A
 bad image (corrupt, truncated, empty, not an image, too many pixels) is reported on one line
 and never stops the run. Outputs never overwrite an input or each other: ``--save-vis``
-inside the images' folder, or two outputs naming the same file, are refused. Drawings are
-named after the whole image file name (``a.png`` -> ``a.png.jpg``).
+inside the images' folder, or two outputs naming the same file, are refused. Drawings
+(``--save-vis DIR``) are named after the whole image file name (``a.png`` ->
+``DIR/a.png.jpg``) and show the boxes scoring at least ``--vis-threshold``
+(``inference.vis_threshold``, 0.5), at most ``--vis-top`` of them.
 
 Exit status: 0 every image succeeded, 1 some images failed or a subfolder could not be
 listed (both listed in the summary), 2 usage, input, config or model errors, 3 an output
