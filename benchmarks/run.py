@@ -50,6 +50,7 @@ from detector.core.config import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataConfig,
+    DefaultsHelpFormatter,
     InferenceConfig,
     ModelConfig,
     MultiBoxConfig,
@@ -486,7 +487,9 @@ def compare(ref_probs, probs, ref_dets, dets) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Speed and memory of the pipeline, side by side in one run."
+        prog="python -m benchmarks.run",
+        description="Speed and memory of the pipeline, side by side in one run.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--output", default="runs/bench/bench.json", help="JSON file for all figures")
     p.add_argument(
@@ -522,7 +525,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-width", type=int, default=0,
                    help="selective search resize width (0 = the paper's 500)")  # fmt: skip
     p.add_argument("--multibox-top-k", type=int, default=MultiBoxConfig().top_k,
-                   help="MultiBox boxes added to selective search's end to end (the paper's 200)")  # fmt: skip
+                   help="MultiBox boxes added to selective search's end to end (the paper's: %(default)s)")  # fmt: skip
     p.add_argument("--peak-size", type=int, default=2048,
                    help="n of the n x n x n matrix products that measure the peak")  # fmt: skip
     return p

@@ -26,17 +26,11 @@ import time
 from pathlib import Path
 
 from detector.core.atomic import atomic_write_text
-from detector.core.config import Config, add_config_args, load_config
+from detector.core.config import Config, DefaultsHelpFormatter, add_config_args, load_config
 from detector.core.paths import demo_models_dir
-from detector.core.runtime import tune_allocator
-from detector.resolve import (
-    MULTIBOX_NAME,
-    TRAIN_MEMBERS,
-    TRAIN_MULTIBOX,
-    ResolveError,
-    is_demo,
-    resolve_config,
-)
+
+# The resolve step, the trainers and the detector import torch: they are imported where they
+# are used, after the command line is parsed (--help is fast).
 
 BUILD_RECORD = "build.json"
 
@@ -63,6 +57,7 @@ def models_are_built(cfg: Config) -> bool:
 def build_models(cfg: Config, *, rebuild: bool = False) -> Path:
     """Train MultiBox and every ensemble member of the demo config ``cfg`` (not resolved)
     into the demo models folder; returns it."""
+    from detector.resolve import MULTIBOX_NAME, TRAIN_MEMBERS, TRAIN_MULTIBOX, resolve_config
     from detector.training.classifier import train_member
     from detector.training.multibox import train_multibox
 
@@ -100,8 +95,9 @@ def build_models(cfg: Config, *, rebuild: bool = False) -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m detector.demo",
         description="Build the embedded demo (data + models) and run detection and evaluation on it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_config_args(parser)
     parser.add_argument(
@@ -120,6 +116,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    from detector.core.runtime import tune_allocator
+    from detector.resolve import ResolveError, is_demo, resolve_config
+
     tune_allocator()
     try:
         cfg = load_config(args.config, args.overrides)
@@ -156,7 +155,7 @@ def run_and_evaluate(cfg: Config, out: Path) -> int:
         overwrite=True,
     )
     status = detect_folder(cfg, run)
-    if status == 2:
+    if status in (2, 3):  # a setup or output error: nothing to evaluate
         return status
     return evaluate_split(
         cfg, MapOptions(split="val", detections=str(submission), json=str(out / "val_map.json"))

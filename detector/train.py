@@ -27,11 +27,6 @@ import sys
 from pathlib import Path
 
 from detector.core.config import ConfigError, TrainConfig, add_config_args, load_config
-from detector.core.devices import DeviceError
-from detector.core.runtime import tune_allocator
-from detector.resolve import TRAIN_MEMBERS, ResolveError, resolve_config
-from detector.training.classifier import train_member
-from detector.training.scaffold import is_main_process, leave_process_group
 
 PROG = "detector.train"
 EXAMPLES = __doc__.split("Examples::", 1)[1].split("Exit status:", 1)[0]
@@ -58,22 +53,29 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--output-dir",
         default=None,
         metavar="DIR",
-        help=f"checkpoints, states and train_log.jsonl (default: train.output_dir, "
-        f"{defaults.output_dir})",
+        help=f"checkpoints, states and train_log.jsonl (default: {defaults.output_dir}, "
+        "config train.output_dir)",
     )
     parser.add_argument(
         "--max-steps",
         type=int,
         default=None,
         metavar="N",
-        help=f"stop after this global step (default: train.max_steps, {defaults.max_steps}; "
-        f"0 = train.epochs epochs, {defaults.epochs})",
+        help=f"stop after this global step (default: {defaults.max_steps}, config "
+        f"train.max_steps; 0 = {defaults.epochs} epochs, config train.epochs)",
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    # torch and the trainer are imported after parsing: --help is fast.
+    from detector.core.devices import DeviceError
+    from detector.core.runtime import tune_allocator
+    from detector.resolve import TRAIN_MEMBERS, ResolveError, resolve_config
+    from detector.training.classifier import train_member
+    from detector.training.scaffold import is_main_process, leave_process_group
+
     tune_allocator()
     try:
         cfg = load_config(args.config, args.overrides)

@@ -130,7 +130,7 @@ def format_report(report: dict) -> str:
         f"{'small':>8}{'medium':>8}{'large':>8}"
     ]
     for name, c in report["sources"].items():
-        size = "".join(f"{c['by_size'][b]['coverage_50']:>8.3f}" for b in SIZE_BUCKETS)
+        size = "".join(_size_cell(c["by_size"][b]) for b in SIZE_BUCKETS)
         lines.append(
             f"{name:<18}{c['proposals_mean']:>10.1f}{c['proposals_median']:>8.0f}"
             f"{c['coverage_50']:>9.3f}{c['recall_70']:>9.3f}{c['average_recall']:>7.3f}{size}"
@@ -140,6 +140,11 @@ def format_report(report: dict) -> str:
         sizes = ", ".join(f"{b} {first['by_size'][b]['num_gt']}" for b in SIZE_BUCKETS)
         lines.append(f"ground truths: {first['num_gt']} in {first['num_images']} images ({sizes})")
     return "\n".join(lines)
+
+
+def _size_cell(bucket: dict) -> str:
+    """Coverage of one size bucket; "none" when the split has no objects of that size."""
+    return f"{'none':>8}" if bucket["num_gt"] == 0 else f"{bucket['coverage_50']:>8.3f}"
 
 
 def plot_curves(report: dict, path: Path) -> None:

@@ -1,8 +1,18 @@
 """ILSVRC DET mAP of a split, with the devkit's rules (``eval_detection.m``).
 
+What it scores:
+    --detections FILE   a devkit submission file ('<image_index> <class_id> <score> <xmin>
+                        <ymin> <xmax> <ymax>'); only the annotations are read
+    --detections DIR    a ``python -m detector.run`` output folder (its detections.jsonl), or
+                        the detections.jsonl itself: images matched to the split by path
+    (no --detections)   runs the detector on the split's images first (with a progress bar)
+                        and writes the submission it scores to --output-dir
+
 Examples:
-    # score a submission file (only the annotations are read)
+    # score a submission file
     python -m eval.map --split val --detections runs/eval/val_submission.txt --json map.json
+    # score what detector.run wrote (no need to run the detector again)
+    python -m eval.map --split val --detections runs/detect/predict
     # the 2014 val blacklist and a devkit class list, on a real ILSVRC tree
     python -m eval.map --config ilsvrc2014 --data-root /data/ILSVRC2014 \\
         --detections val.txt --classes /data/ILSVRC2014/devkit/data/map_det.txt
@@ -24,22 +34,14 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from detector.core.atomic import atomic_write_text
 from detector.core.config import Config, ConfigError, add_config_args, load_config
-from detector.core.paths import expand
-from detector.core.runtime import tune_allocator
-from detector.core.structures import ClassList, ImageRecord
-from detector.datasets import open_split
-from detector.resolve import DETECT, SCORE_FILE, ResolveError, resolve_config
-from eval.ilsvrc_ap import EvalResult, evaluate
-from eval.submission import (
-    SubmissionArrays,
-    cap_per_class,
-    from_detections,
-    read_submission,
-    write_submission,
-)
+
+if TYPE_CHECKING:  # the heavy modules (numpy, torch) are imported after parsing: --help is fast
+    from detector.core.structures import ClassList, ImageRecord
+    from eval.ilsvrc_ap import EvalResult
+    from eval.submission import SubmissionArrays
 
 
 class InputError(ValueError):
@@ -63,8 +65,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--detections",
         default=None,
-        help="submission file '<image_index> <class_id> <score> <xmin> <ymin> <xmax> <ymax>' to score; "
-        "without it the detector runs on the split's images",
+        metavar="PATH",
+        help="what to score: a submission file '<image_index> <class_id> <score> <xmin> <ymin> "
+        "<xmax> <ymax>', a detector.run output folder, or its detections.jsonl; without it the "
+        "detector runs on the split's images",
     )
     parser.add_argument(
         "--output-dir",
@@ -103,12 +107,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-coco-check", action="store_true", help="skip the pycocotools cross-check"
     )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar while the detector runs"
+    )
     add_config_args(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    from detector.core.runtime import tune_allocator
+    from detector.resolve import DETECT, SCORE_FILE, ResolveError, resolve_config
+
     tune_allocator()
     try:
         cfg = load_config(args.config, args.overrides)
@@ -132,12 +142,15 @@ class MapOptions:
     """What to score and what to write (the flags of ``python -m eval.map``)."""
 
     split: str | None = None  # None = data.val_split
-    detections: str | None = None  # a submission file; None = run the detector
+    detections: str | None = (
+        None  # a submission file or detector.run output; None = run the detector
+    )
     output_dir: str | None = None  # None = eval.output_dir
     max_images: int = 0
     json: str | None = None
     plot_pr: str | None = None
     no_coco_check: bool = False
+    no_progress: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MapOptions:
@@ -150,6 +163,11 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
     Raises:
         InputError, ValueError, OSError: bad input, naming the file (``main`` prints them).
     """
+    from detector.core.paths import expand
+    from detector.datasets import open_split
+    from eval.ilsvrc_ap import evaluate
+    from eval.submission import read_submission
+
     split = args.split or cfg.data.val_split
     records, classes = open_split(cfg.data, split)
     blacklist_path = Path(cfg.data.blacklist) if cfg.data.blacklist else None
@@ -159,15 +177,15 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
             raise InputError(
                 "--max-images applies when running the detector, not with --detections"
             )
-        submission = Path(args.detections)
+        submission, arrays = load_detections(Path(args.detections), records, classes, split, cfg)
     else:
         if args.max_images > 0:
             records = records[: args.max_images]
         out_dir = expand(args.output_dir or cfg.eval.output_dir)
-        submission = run_detector(cfg, records, split, out_dir)
-    arrays = read_submission(
-        submission, num_classes=len(classes), image_indices=[r.index for r in records]
-    )
+        submission = run_detector(cfg, records, split, out_dir, progress=not args.no_progress)
+        arrays = read_submission(
+            submission, num_classes=len(classes), image_indices=[r.index for r in records]
+        )
     t0 = time.perf_counter()
     result = evaluate(records, arrays, len(classes), pairs, iou=cfg.eval.iou)
     seconds = time.perf_counter() - t0
@@ -192,30 +210,128 @@ def read_blacklist_pairs(path: Path | None, classes: ClassList) -> set[tuple[int
     return read_blacklist(path, classes)
 
 
-def run_detector(cfg: Config, records: list[ImageRecord], split: str, out_dir: Path) -> Path:
+def run_detector(
+    cfg: Config, records: list[ImageRecord], split: str, out_dir: Path, progress: bool = True
+) -> Path:
     """Detect on every image of ``records``, write the capped submission file, return its path."""
-    from detector.detector import Detector
-
-    detector = Detector.from_config(cfg)
     missing = [r.image_id for r in records if r.path is None]
     if missing:
         raise InputError(
             f"split {split!r}: no image file for {missing[0]} ({len(missing)} missing)"
         )
+    from eval.submission import cap_per_class, from_detections, write_submission
+
+    target = out_dir / f"{split}_submission.txt"
+    print(
+        f"eval.map: running the detector on {len(records)} images of split {split} -> {target}",
+        flush=True,
+    )
+    from tqdm import tqdm
+
+    from detector.detector import Detector
+
+    detector = Detector.from_config(cfg)
     by_path = {str(r.path): r.index for r in records}
     items = []
     paths = [str(r.path) for r in records]
     workers = cfg.proposals.selective_search.workers
-    for item, result in detector.detect_many(paths, workers=workers):
-        if isinstance(result, Exception):
-            # one unreadable image loses its detections, never the run
-            print(f"warning: {item}: {result}", file=sys.stderr)
-            continue
-        items.append((by_path[str(item)], result))
+    bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        for item, result in detector.detect_many(paths, workers=workers):
+            bar.update(1)
+            if isinstance(result, Exception):
+                # one unreadable image loses its detections, never the run
+                bar.write(f"eval.map: warning: {item}: {result}", file=sys.stderr)
+                continue
+            items.append((by_path[str(item)], result))
+    finally:
+        bar.close()
     arrays = cap_per_class(from_detections(items), cfg.eval.max_per_class_total)
-    path = write_submission(out_dir / f"{split}_submission.txt", arrays)
+    path = write_submission(target, arrays)
     print(f"detections: {len(arrays)} on {len(records)} images -> {path}")
     return path
+
+
+def load_detections(
+    path: Path, records: list[ImageRecord], classes: ClassList, split: str, cfg: Config
+) -> tuple[Path, SubmissionArrays]:
+    """The detections to score: a submission file, or a ``detector.run`` log (its output
+    folder or the ``detections.jsonl``), capped per class as the submission writer does."""
+    from eval.submission import read_submission
+
+    if path.is_dir():
+        log = path / "detections.jsonl"
+        if not log.is_file():
+            raise InputError(
+                f"{path}: a folder without detections.jsonl (not a detector.run output)"
+            )
+        return log, detections_from_log(log, records, split, cfg)
+    if path.is_file() and _looks_like_jsonl(path):
+        return path, detections_from_log(path, records, split, cfg)
+    arrays = read_submission(
+        path, num_classes=len(classes), image_indices=[r.index for r in records]
+    )
+    return path, arrays
+
+
+def _looks_like_jsonl(path: Path) -> bool:
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                return line.lstrip().startswith(b"{")
+    return False
+
+
+def detections_from_log(
+    log: Path, records: list[ImageRecord], split: str, cfg: Config
+) -> SubmissionArrays:
+    """The ok records of a ``detector.run`` log whose images belong to the split.
+
+    An image is matched by its file (the log's root joined with its name), else by its name
+    without extension as the split lists it (e.g. the ImageSets name).
+    """
+    import os
+
+    from detector.outputs import read_log
+    from eval.submission import cap_per_class, from_records
+
+    header, entries, _ = read_log(log)
+    if header is None:
+        raise InputError(
+            f"{log}: no header (written by an older detector.run): score its --submission "
+            "file instead, or run detector.run again"
+        )
+    root = header["header"].get("root", "")
+    by_file = {os.path.realpath(r.path): r.index for r in records if r.path is not None}
+    by_name = {r.image_id: r.index for r in records}
+    pairs, outside = [], 0
+    seen: set[int] = set()
+    for entry in entries:
+        if not entry.get("ok"):
+            continue
+        name = entry["image"]
+        index = by_file.get(os.path.realpath(os.path.join(root, name)))
+        if index is None:
+            index = by_name.get(os.path.splitext(name)[0])
+        if index is None:
+            outside += 1
+        elif index not in seen:
+            seen.add(index)
+            pairs.append((index, entry))
+    if not pairs:
+        raise InputError(
+            f"{log}: none of its {len(entries)} images is in split {split!r} "
+            f"(images of {header['header'].get('images')})"
+        )
+    if outside:
+        print(f"eval.map: note: {outside} images of {log} are not in split {split}; left out")
+    if len(seen) < len(records):
+        print(
+            f"eval.map: warning: {len(records) - len(seen)} of the {len(records)} images of "
+            f"split {split} have no detections in {log} (their objects count as missed)",
+            file=sys.stderr,
+        )
+    return cap_per_class(from_records(pairs), cfg.eval.max_per_class_total)
 
 
 def coco_cross_check(
@@ -292,6 +408,8 @@ def write_json(
             "mAP": coco.mAP,
             "ap": [None if v != v else float(v) for v in coco.ap],  # NaN -> null
         }
+    from detector.core.atomic import atomic_write_text
+
     atomic_write_text(out, json.dumps(report, indent=1))
     print(f"json: {out}")
 

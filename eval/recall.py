@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from detector.core.config import add_config_args
+from detector.core.config import DefaultsHelpFormatter, add_config_args
 from detector.core.structures import ImageRecord, Proposals
 
 
@@ -23,6 +23,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval.recall",
         description="Proposal coverage of selective search, MultiBox and their union.",
+        formatter_class=DefaultsHelpFormatter,
     )
     add_config_args(parser)
     parser.add_argument("--split", default=None, help="split name (default: config data.val_split)")
@@ -32,20 +33,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="ILSVRC DET root (default: config data.root; empty = demo)",
     )
     parser.add_argument(
-        "--max-images", type=int, default=0, help="use the first N images of the split (0 = all)"
+        "--max-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="use the first N images of the split (0 = all)",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=None,
+        metavar="N",
         help="selective-search processes (default: proposals.selective_search.workers; 0 = all cores)",
     )
     parser.add_argument(
         "--device", default=None, help="device for MultiBox (default: config inference.device)"
     )
-    parser.add_argument("--json", default=None, help="write the report as JSON here")
     parser.add_argument(
-        "--plot", default=None, help="write the recall-vs-proposals plot (PNG) here"
+        "--json", default=None, metavar="FILE", help="write the report as JSON here"
+    )
+    parser.add_argument(
+        "--plot", default=None, metavar="PNG", help="write the recall-vs-proposals plot here"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the selective-search order in the curve"

@@ -8,6 +8,7 @@ arguments, and builders turn a stage's dataclass into them with ``dataclasses.as
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -117,6 +118,7 @@ class InferenceConfig:
     max_detections: int = 0  # per image over all classes; 0 = no limit
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
     calibration_images: int = 8  # int8: detect_many calibrates on its first N images
+    vis_threshold: float = 0.5  # detector.run --save-vis draws the boxes scoring at least this
 
 
 @dataclass
@@ -261,6 +263,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             f"config key {key!r} must be {name}, got {type(value).__name__} {value!r}"
         )
     return value
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help text with ``(default: X)`` appended where a flag has a default worth showing
+    (not None, False or empty) and its help does not state one already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, [], "", argparse.SUPPRESS)
+        if shown and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def add_config_args(parser: Any) -> None:

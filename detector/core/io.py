@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -129,29 +130,164 @@ def as_rgb_array(x: np.ndarray | Image.Image, max_pixels: int | None = None) -> 
     return _array_to_rgb(x, max_pixels)
 
 
-def list_images(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files in ``directory``, sorted by relative POSIX path (deterministic).
+class ImageListError(ValueError):
+    """An image source that cannot be listed; the one-line message starts with its path."""
 
-    Files are matched by suffix, case-insensitively (:data:`IMAGE_EXTENSIONS`). Hidden
-    files and directories (name starting with ".", e.g. macOS ``._x.jpg`` forks) are
-    skipped; symlinked directories are not followed.
+
+@dataclass
+class ImageListing:
+    """The images a source names (:func:`find_images`).
+
+    Attributes:
+        root: the folder the names are relative to (the folder itself, the list file's
+            folder, or the single image's folder).
+        images: the image files, in order; ``names[i]`` is ``images[i]`` relative to ``root``
+            (POSIX; an absolute path for a listed file outside ``root``).
+        unlistable: ``"<folder>: <reason>"`` for subfolders that could not be read (recursive).
+        skipped: image files in subfolders that were left out (not recursive).
+        kind: "folder", "list" or "image".
+    """
+
+    root: Path
+    images: list[Path]
+    names: list[str]
+    unlistable: list[str] = field(default_factory=list)
+    skipped: int = 0
+    kind: str = "folder"
+
+
+def find_images(source: str | os.PathLike, recursive: bool = False) -> ImageListing:
+    """The images of a folder, of a text file listing them, or a single image file.
+
+    - A **folder**: the image files in it (:data:`IMAGE_EXTENSIONS`, case-insensitive), sorted
+      by relative POSIX path; hidden files and folders (name starting with ".") are skipped,
+      symlinked folders are not followed. With ``recursive``, subfolders too; a subfolder that
+      cannot be listed is reported in ``unlistable`` (never skipped silently). Without it,
+      ``skipped`` counts the images the subfolders hold.
+    - A file with an image suffix: that **image** alone.
+    - Any other file: a UTF-8 **list**, one path per line, relative to the list's folder (or
+      absolute); blank lines and lines starting with "#" are skipped, repeated paths kept once,
+      the order kept. Listed files are not checked here: a missing one fails when loaded.
+
+    Raises:
+        ImageListError: the source does not exist, the folder cannot be listed, or the file is
+            neither an image nor a text list.
+    """
+    src = Path(source)
+    try:
+        is_dir = src.is_dir()
+        exists = is_dir or src.exists()
+    except OSError as e:
+        raise ImageListError(f"{src}: cannot read ({_one_line(e)})") from None
+    if not exists:
+        raise ImageListError(f"{src}: no such folder or file")
+    if is_dir:
+        return _list_folder(src, recursive)
+    if _is_image_name(src.name):
+        return ImageListing(src.parent, [src], [src.name], kind="image")
+    return _read_list(src)
+
+
+def list_images(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in ``directory``, sorted by relative POSIX path (see :func:`find_images`).
 
     Raises:
         NotADirectoryError: ``directory`` does not exist or is not a directory.
+        ImageListError: it cannot be listed.
     """
     root = Path(directory)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
-    found = _walk(root) if recursive else (p for p in root.iterdir() if p.is_file())
-    images = [p for p in found if _is_image_name(p.name)]
-    return sorted(images, key=lambda p: p.relative_to(root).as_posix())
+    return find_images(root, recursive).images
 
 
-def _walk(root: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            yield Path(dirpath) / name
+def _list_folder(root: Path, recursive: bool) -> ImageListing:
+    unlistable: list[str] = []
+    files, subfolders = _scan(root, root, unlistable)
+    skipped = 0
+    if recursive:
+        while subfolders:
+            more_files, more_folders = _scan(subfolders.pop(), root, unlistable)
+            files += more_files
+            subfolders += more_folders
+    else:
+        skipped = sum(1 for p in _walk_quietly(subfolders) if _is_image_name(p.name))
+    images = sorted(
+        (p for p in files if _is_image_name(p.name)),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    names = [p.relative_to(root).as_posix() for p in images]
+    return ImageListing(root, images, names, sorted(unlistable), skipped, "folder")
+
+
+def _scan(folder: Path, root: Path, unlistable: list[str]) -> tuple[list[Path], list[Path]]:
+    """Files and (not hidden, not symlinked) subfolders of one folder; a folder that cannot be
+    read is an error for ``root`` and a line in ``unlistable`` for any other."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as e:
+        reason = e.strerror or _one_line(e)
+        if folder == root:
+            raise ImageListError(f"{root}: cannot list the folder ({reason})") from None
+        unlistable.append(f"{folder.relative_to(root).as_posix()}: {reason}")
+        return [], []
+    files, folders = [], []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    folders.append(Path(entry.path))
+                continue
+        except OSError:
+            pass  # cannot tell: take it as a file (loading it reports the problem)
+        files.append(Path(entry.path))
+    return files, folders
+
+
+def _walk_quietly(folders: list[Path]) -> Iterable[Path]:
+    """Every file under ``folders`` (for counting only; unreadable folders are passed over)."""
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                yield Path(dirpath) / name
+
+
+def _read_list(path: Path) -> ImageListing:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageListError(f"{path}: cannot read ({_one_line(e)})") from None
+    try:
+        text = data.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeError("NUL byte")
+    except UnicodeError:
+        raise ImageListError(
+            f"{path}: neither an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a text "
+            "file listing images"
+        ) from None
+    root = Path(os.path.abspath(path.parent))
+    images: list[Path] = []
+    names: list[str] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        image = Path(os.path.normpath(root / entry))
+        try:
+            name = image.relative_to(root).as_posix()
+        except ValueError:
+            name = image.as_posix()  # outside the list's folder: named by its absolute path
+        if name not in seen:
+            seen.add(name)
+            images.append(image)
+            names.append(name)
+    return ImageListing(root, images, names, kind="list")
 
 
 def _is_image_name(name: str) -> bool:

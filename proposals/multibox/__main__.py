@@ -46,16 +46,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--output-dir",
         default=None,
         metavar="DIR",
-        help="checkpoints and logs (default: proposals.multibox.output_dir, "
-        f"{defaults.output_dir})",
+        help=f"checkpoints and logs (default: {defaults.output_dir}, "
+        "config proposals.multibox.output_dir)",
     )
     train.add_argument(
         "--max-steps",
         type=int,
         default=None,
         metavar="N",
-        help=f"stop after this many optimizer steps (default: proposals.multibox.epochs "
-        f"epochs, {defaults.epochs})",
+        help=f"stop after this many optimizer steps (default: {defaults.epochs} epochs, "
+        "config proposals.multibox.epochs)",
     )
     propose = sub.add_parser("propose", help="print the proposals of images as JSON lines")
     propose.add_argument("--checkpoint", required=True, help="MultiBox safetensors checkpoint")

@@ -88,8 +88,15 @@ def cli(images: Path, out: Path, checkpoints: list[str], *extra: str) -> int:
     )
 
 
-def log_records(out: Path) -> list[dict]:
+def log_lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+
+
+def log_records(out: Path) -> list[dict]:
+    """The image records (the header line left out)."""
+    lines = log_lines(out)
+    assert "header" in lines[0] and all("image" in r for r in lines[1:])
+    return lines[1:]
 
 
 # ---- the CLI --------------------------------------------------------------------------------
@@ -118,7 +125,7 @@ def test_mixed_folder_good_and_bad(tmp_path, checkpoints, capsys):
         assert r["ok"], r
         assert r["detections"]["image_size"] == [120, 150]
         assert all(s > 0.2 for s in r["detections"]["scores"])
-        assert (out / "vis" / Path(name).with_suffix(".jpg")).is_file()
+        assert (out / "vis" / f"{name}.jpg").is_file()  # the whole name: a.jpg -> a.jpg.jpg
     for name, words in bad.items():
         r = records[name]
         assert not r["ok"] and words in r["error"] and name in r["error"], r
@@ -144,7 +151,7 @@ def test_mixed_folder_good_and_bad(tmp_path, checkpoints, capsys):
     coco = json.loads((out / "coco.json").read_text())
     assert len(coco) == len(sub)
     assert coco[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.01)
-    Image.open(out / "vis" / "a.jpg").verify()
+    Image.open(out / "vis" / "a.jpg.jpg").verify()
 
 
 def test_resume_after_interruption(tmp_path, checkpoints):
@@ -155,13 +162,13 @@ def test_resume_after_interruption(tmp_path, checkpoints):
     out = tmp_path / "out"
     assert cli(images, out, checkpoints) == 0
     full = (out / "detections.jsonl").read_bytes()
-    lines = full.splitlines(keepends=True)
+    header, *lines = full.splitlines(keepends=True)
     assert len(lines) == 5
     # Interrupted while writing the third record: two whole lines and half of one.
-    (out / "detections.jsonl").write_bytes(lines[0] + lines[1] + lines[2][:40])
+    (out / "detections.jsonl").write_bytes(header + lines[0] + lines[1] + lines[2][:40])
     assert cli(images, out, checkpoints, "--resume") == 0
-    after = (out / "detections.jsonl").read_bytes().splitlines(keepends=True)
-    assert after[:2] == lines[:2]  # kept, not recomputed
+    first, *after = (out / "detections.jsonl").read_bytes().splitlines(keepends=True)
+    assert first == header and after[:2] == lines[:2]  # kept, not recomputed
     by_image = [json.loads(line)["image"] for line in after]
     assert sorted(by_image) == sorted(json.loads(line)["image"] for line in lines)  # no dups
     old = {json.loads(x)["image"]: json.loads(x)["detections"] for x in lines}
@@ -171,7 +178,7 @@ def test_resume_after_interruption(tmp_path, checkpoints):
     # Nothing left to do: the log is unchanged (the checkpoints are still checked first).
     assert cli(images, out, ["/nonexistent.safetensors"], "--resume") == 2
     assert cli(images, out, checkpoints, "--resume") == 0
-    assert (out / "detections.jsonl").read_bytes().splitlines(keepends=True) == after
+    assert (out / "detections.jsonl").read_bytes().splitlines(keepends=True) == [first, *after]
     assert json.loads((out / "summary.json").read_text())["this_run"]["processed"] == 0
 
 
@@ -197,7 +204,7 @@ def test_usage_and_setup_errors_exit_2(tmp_path, checkpoints, capsys):
     assert cli(images, out, checkpoints, "inference.no_such_key=1") == 2
     assert "no_such_key" in capsys.readouterr().err
     assert cli(tmp_path / "missing", out, checkpoints) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert "missing: no such folder or file" in capsys.readouterr().err
     assert cli(images, out, [str(tmp_path / "m9.safetensors")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert cli(images, out, checkpoints) == 0
@@ -215,7 +222,7 @@ def test_empty_folder(tmp_path, checkpoints, capsys):
     out = tmp_path / "out"
     rc = cli(tmp_path / "images", out, checkpoints, "--submission", str(out / "s.txt"))
     assert rc == 0
-    assert (out / "detections.jsonl").read_text() == "" and (out / "s.txt").read_text() == ""
+    assert len(log_lines(out)) == 1 and (out / "s.txt").read_text() == ""  # the header only
     assert json.loads((out / "summary.json").read_text())["images"] == 0
     assert "no images found" in capsys.readouterr().err
 

@@ -178,9 +178,13 @@ def test_runs_the_detector_when_no_detections_given(tree, tmp_path, capsys):
         "inference.threads=1",
     ]
     assert eval_map.main(argv + ["--no-coco-check", *overrides]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     submission = out / "val_submission.txt"
     assert submission.is_file() and f"-> {submission}" in text
+    # It says what it is doing before the models load, and shows progress.
+    assert f"eval.map: running the detector on 2 images of split val -> {submission}" in text
+    assert "2/2" in captured.err
     assert "split val, 2 images" in text and "mAP: " in text
     rows = [ln.split() for ln in submission.read_text().splitlines()]
     assert all(len(r) == 7 and r[0] in ("1", "2") and 1 <= int(r[1]) <= 3 for r in rows)
@@ -205,3 +209,43 @@ def test_real_root_without_checkpoints_never_uses_the_demo_models(
     assert len(err.strip().splitlines()) == 1
     assert eval_map.main(argv) == 2  # MultiBox on: it needs its own checkpoint too
     assert "no ensemble checkpoints" in capsys.readouterr().err
+
+
+def test_scores_a_detector_run_folder_or_its_log(tree, tmp_path, capsys):
+    """``--detections`` takes what ``detector.run`` wrote: its folder, its detections.jsonl,
+    or its submission file; all three score the same."""
+    import cv2
+    import torch
+    from skimage import data
+
+    from detector import run
+    from detector.datasets.classes import load_classes
+    from tests.conftest import FAST, save_random_members
+
+    torch.set_num_threads(1)
+    models = save_random_members(tmp_path / "models", classes=load_classes(tree / "map_det.txt"))
+    images = tree / "Data" / "DET" / "val"
+    images.mkdir(parents=True)
+    for name, picture in (("a", data.astronaut()), ("b", data.chelsea())):
+        cv2.imwrite(str(images / f"{name}.JPEG"), cv2.resize(picture, (150, 100))[:, :, ::-1])
+    out = tmp_path / "run"
+    argv = ["--images", str(images), "--output-dir", str(out), "--no-progress"]
+    argv += ["--image-set", str(tree / "ImageSets/DET/val.txt"), "--submission", str(out / "s.txt")]
+    assert run.main([*argv, "--checkpoints", *map(str, models), *FAST]) == 0
+    capsys.readouterr()
+    tables = []
+    for what in (out, out / "detections.jsonl", out / "s.txt"):
+        args = ["--split", "val", "--data-root", str(tree), "--detections", str(what)]
+        assert eval_map.main([*args, "--no-coco-check"]) == 0
+        captured = capsys.readouterr()
+        lines = captured.out.splitlines()
+        tables.append([ln for ln in lines[1:] if "scored in" not in ln])
+        assert "mAP: " in captured.out
+        if what != out / "s.txt":
+            # image c has no image file, so no record: its objects (none) count as missed
+            assert "1 of the 3 images of split val have no detections" in captured.err
+    assert tables[0] == tables[1] == tables[2]
+    (tmp_path / "empty").mkdir()
+    args = ["--split", "val", "--data-root", str(tree), "--detections", str(tmp_path / "empty")]
+    assert eval_map.main(args) == 2
+    assert "without detections.jsonl" in capsys.readouterr().err

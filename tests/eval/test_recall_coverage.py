@@ -60,3 +60,17 @@ def test_union_ranks_multibox_first_and_reports_each_source() -> None:
     assert report["sources"]["union"]["coverage_50"] == 1.0
     assert report["curves"]["union"]["coverage_50"][0] == 0.5  # top-1 is the MultiBox 0.9 box
     assert "union" in format_report(report)
+
+
+def test_report_says_none_for_a_size_without_objects() -> None:
+    """Only large objects: the small and medium columns say "none", not a coverage of 0."""
+    p = Proposals(
+        boxes=np.array([[0, 0, 100, 100]], dtype=np.float32),
+        scores=np.array([np.nan], dtype=np.float32),
+        source=np.array([0], dtype=np.uint8),
+    )
+    rec = ImageRecord("a", 1, None, 200, 200, boxes=[[0, 0, 100, 100]], labels=[1])
+    text = format_report(evaluate_proposals([rec], [p]))
+    row = next(line for line in text.splitlines() if line.startswith("selective_search"))
+    assert row.split()[-3:] == ["none", "none", "1.000"]
+    assert "small 0, medium 0, large 1" in text
