@@ -7,6 +7,7 @@ name: the devkit writes ``<bndbox>`` children in the order xmin, xmax, ymin, yma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,20 +81,45 @@ def _int_field(node, tag: str, path: Path, default: int) -> int:
     text = node.findtext(tag)
     if text is None:
         return default
-    try:
-        return int(float(text.strip()))
-    except ValueError:
-        raise AnnotationError(f"{path}: <{tag}> is not a number: {text!r}") from None
+    return pixel_count(finite_number(text, tag, path), tag, path, text)
 
 
 def _float_field(node, tag: str, path: Path, where: str) -> float:
     text = node.findtext(tag)
     if text is None:
         raise AnnotationError(f"{path}: {where}: missing <bndbox>/<{tag}>")
+    return finite_number(text, tag, path, where)
+
+
+MAX_SIDE = 2**31 - 1  # an image side in <size> must fit an int32
+
+
+def finite_number(text: str, tag: str, path: Path, where: str = "") -> float:
+    """The float of an XML field; AnnotationError naming the file (and ``where``) and the
+    field when it is not a number or not finite (``nan``, ``inf``, ``1e400``)."""
+    at = f"{path}: {where}: " if where else f"{path}: "
     try:
-        return float(text.strip())
+        value = float(text.strip())
     except ValueError:
-        raise AnnotationError(f"{path}: {where}: <{tag}> is not a number: {text!r}") from None
+        raise AnnotationError(f"{at}<{tag}> is not a number: {short(text)}") from None
+    if not math.isfinite(value):
+        raise AnnotationError(f"{at}<{tag}> is not a finite number: {short(text)}")
+    return value
+
+
+def pixel_count(value: float, tag: str, path: Path, text: str, where: str = "") -> int:
+    """A ``<size>`` field as an int; AnnotationError when negative or beyond :data:`MAX_SIDE`."""
+    if not 0 <= value <= MAX_SIDE:
+        at = f"{path}: {where}: " if where else f"{path}: "
+        raise AnnotationError(
+            f"{at}<{tag}> must be a pixel count in 0..{MAX_SIDE}, got {short(text)}"
+        )
+    return int(value)
+
+
+def short(text: str, limit: int = 100) -> str:
+    """``repr`` of an untrusted value, cut to about ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
 
 
 def read_image_set(path: str | Path) -> list[tuple[str, int]]:

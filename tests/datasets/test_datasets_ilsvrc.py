@@ -103,6 +103,29 @@ def test_missing_split_list(tmp_path):
             "<annotation><size><width>wide</width></size></annotation>",
             "<size/width> is not a number",
         ),
+        (
+            "<annotation><size><width>1e400</width></size></annotation>",
+            "<size/width> is not a finite number",
+        ),
+        (
+            "<annotation><size><height>-3</height></size></annotation>",
+            "<size/height> must be a pixel count",
+        ),
+        (
+            "<annotation><object><name>n01726692</name><bndbox><xmin>nan</xmin><xmax>5</xmax>"
+            "<ymin>1</ymin><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <xmin> is not a finite number",
+        ),
+        (
+            "<annotation><object><name>n01726692</name><bndbox><xmin>1</xmin><xmax>inf</xmax>"
+            "<ymin>1</ymin><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <xmax> is not a finite number",
+        ),
+        (
+            "<annotation><object><name>n01726692</name><bndbox><xmin>1</xmin><xmax>5</xmax>"
+            "<ymin>-1e400</ymin><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <ymin> is not a finite number",
+        ),
     ],
 )
 def test_malformed_xml_names_file_and_field(tmp_path, classes, body, problem):

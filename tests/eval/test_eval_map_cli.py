@@ -120,6 +120,19 @@ def test_malformed_annotation_exits_2(tree, tmp_path, capsys):
     assert "b.xml: not a readable XML annotation" in capsys.readouterr().err
 
 
+def test_overflowing_size_or_nan_box_exits_2_naming_file_and_field(tree, tmp_path, capsys):
+    """``<width>1e400</width>`` once escaped as an OverflowError traceback."""
+    b = tree / "Annotations" / "DET" / "val" / "b.xml"
+    b.write_text(xml("b", []).replace("<width>300</width>", "<width>1e400</width>"))
+    assert run(tree, tmp_path, "") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eval.map: error: ") and len(err.splitlines()) == 1
+    assert f"{b}: <size/width> is not a finite number" in err
+    b.write_text(xml("b", [("n01", 10, 10, 109, 109)]).replace("<xmax>109</xmax>", "<xmax>nan</xmax>"))
+    assert run(tree, tmp_path, "") == 2
+    assert f"{b}: object 0: <xmax> is not a finite number" in capsys.readouterr().err
+
+
 def test_help_mentions_every_flag(capsys):
     with pytest.raises(SystemExit):
         eval_map.main(["--help"])
