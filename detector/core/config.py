@@ -59,6 +59,7 @@ class SelectiveSearchConfig:
         default_factory=lambda: ["color+texture+size+fill", "texture+size+fill"]
     )
     min_side: int = 20  # boxes with a side below this (in resized pixels) are dropped
+    max_side: int = 5000  # the resized image's longer side is capped here (a 20x10000 strip is not upscaled to 224x112000)
     workers: int = 0  # processes computing selective search; 0 = all cores
     cache_dir: str = ""  # proposal cache; "" = <cache>/proposals, "none" = off
 
