@@ -26,7 +26,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.core.config import ConfigError, TrainConfig, add_config_args, load_config
+from detector.core.config import (
+    ConfigError,
+    TrainConfig,
+    add_config_args,
+    load_config,
+    parse_args,
+)
 from detector.core.devices import DeviceError
 from detector.core.runtime import tune_allocator
 from detector.resolve import TRAIN_MEMBERS, ResolveError, resolve_config
@@ -73,7 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     tune_allocator()
     try:
         cfg = load_config(args.config, args.overrides)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from detector.core.atomic import atomic_write_text
-from detector.core.config import Config, ConfigError, add_config_args, load_config
+from detector.core.config import Config, ConfigError, add_config_args, load_config, parse_args
 from detector.core.paths import expand
 from detector.core.runtime import tune_allocator
 from detector.core.structures import ClassList, ImageRecord
@@ -108,7 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     tune_allocator()
     try:
         cfg = load_config(args.config, args.overrides)

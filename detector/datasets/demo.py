@@ -663,7 +663,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    from detector.core.config import parse_args
+
+    args = parse_args(get_args_parser(), argv)
     try:
         target = args.out
         if target is None:

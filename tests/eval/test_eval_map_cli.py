@@ -128,7 +128,9 @@ def test_overflowing_size_or_nan_box_exits_2_naming_file_and_field(tree, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("eval.map: error: ") and len(err.splitlines()) == 1
     assert f"{b}: <size/width> is not a finite number" in err
-    b.write_text(xml("b", [("n01", 10, 10, 109, 109)]).replace("<xmax>109</xmax>", "<xmax>nan</xmax>"))
+    b.write_text(
+        xml("b", [("n01", 10, 10, 109, 109)]).replace("<xmax>109</xmax>", "<xmax>nan</xmax>")
+    )
     assert run(tree, tmp_path, "") == 2
     assert f"{b}: object 0: <xmax> is not a finite number" in capsys.readouterr().err
 
