@@ -168,6 +168,11 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
     arrays = read_submission(
         submission, num_classes=len(classes), image_indices=[r.index for r in records]
     )
+    if len(arrays) == 0:
+        print(
+            f"warning: {submission}: no detections (empty submission); every AP is 0",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     result = evaluate(records, arrays, len(classes), pairs, iou=cfg.eval.iou)
     seconds = time.perf_counter() - t0

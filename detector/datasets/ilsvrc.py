@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from defusedxml import ElementTree
 
+from detector.core.config import short_repr
 from detector.core.structures import ClassList, ImageRecord, from_inclusive
 from detector.datasets.classes import DATA_DIR, default_classes, load_classes
 
@@ -101,9 +102,9 @@ def finite_number(text: str, tag: str, path: Path, where: str = "") -> float:
     try:
         value = float(text.strip())
     except ValueError:
-        raise AnnotationError(f"{at}<{tag}> is not a number: {short(text)}") from None
+        raise AnnotationError(f"{at}<{tag}> is not a number: {short_repr(text)}") from None
     if not math.isfinite(value):
-        raise AnnotationError(f"{at}<{tag}> is not a finite number: {short(text)}")
+        raise AnnotationError(f"{at}<{tag}> is not a finite number: {short_repr(text)}")
     return value
 
 
@@ -112,14 +113,9 @@ def pixel_count(value: float, tag: str, path: Path, text: str, where: str = "") 
     if not 0 <= value <= MAX_SIDE:
         at = f"{path}: {where}: " if where else f"{path}: "
         raise AnnotationError(
-            f"{at}<{tag}> must be a pixel count in 0..{MAX_SIDE}, got {short(text)}"
+            f"{at}<{tag}> must be a pixel count in 0..{MAX_SIDE}, got {short_repr(text)}"
         )
     return int(value)
-
-
-def short(text: str, limit: int = 100) -> str:
-    """``repr`` of an untrusted value, cut to about ``limit`` characters."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
 
 
 def read_image_set(path: str | Path) -> list[tuple[str, int]]:
@@ -131,7 +127,7 @@ def read_image_set(path: str | Path) -> list[tuple[str, int]]:
         if not parts:
             continue
         if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
-            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
+            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {short_repr(line)}")
         out.append((parts[0], int(parts[1]) if len(parts) == 2 else len(out) + 1))
     return out
 
@@ -148,11 +144,13 @@ def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]
         if not parts:
             continue
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{path}:{lineno}: expected '<image_index> <wnid>', got {line!r}")
+            raise ValueError(
+                f"{path}:{lineno}: expected '<image_index> <wnid>', got {short_repr(line)}"
+            )
         try:
             class_id = int(parts[1]) if parts[1].isdigit() else classes.id_of(parts[1])
         except KeyError:
-            raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}") from None
+            raise ValueError(f"{path}:{lineno}: unknown class {short_repr(parts[1])}") from None
         out.add((int(parts[0]), class_id))
     return out
 

@@ -91,9 +91,19 @@ def test_blacklist_file(tree, tmp_path, capsys):
     assert "pycocotools" not in text
 
 
-def test_empty_submission(tree, tmp_path, capsys):
+def test_empty_submission_scores_with_a_warning(tree, tmp_path, capsys):
     assert run(tree, tmp_path, "", "--no-coco-check") == 0
-    assert "mAP: 0.00% over 3 classes" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "mAP: 0.00%" in out
+    assert f"warning: {tmp_path / 'sub.txt'}: no detections (empty submission)" in err
+
+
+def test_overrides_after_an_option(tree, tmp_path, capsys):
+    """``--split val inference.nms_iou=0.4 --no-coco-check eval.iou=0.5``: once "unrecognized"."""
+    lines = "1 1 0.9 0 0 99 99\n"
+    assert run(tree, tmp_path, lines, "eval.iou=0.4", "--no-coco-check", "eval.iou=0.5") == 0
+    out = capsys.readouterr().out
+    assert "mAP: " in out and "pycocotools" not in out
 
 
 @pytest.mark.parametrize(

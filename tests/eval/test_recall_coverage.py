@@ -60,3 +60,37 @@ def test_union_ranks_multibox_first_and_reports_each_source() -> None:
     assert report["sources"]["union"]["coverage_50"] == 1.0
     assert report["curves"]["union"]["coverage_50"][0] == 0.5  # top-1 is the MultiBox 0.9 box
     assert "union" in format_report(report)
+
+
+def test_recall_command_skips_an_unreadable_image_and_goes_on(tiny_tree, tmp_path, capsys):
+    """``python -m eval.recall`` on a tree whose first val image is corrupt: one line about
+    it, and coverage of the other images (``detector.run`` also goes on)."""
+    import json
+    import shutil
+
+    from eval import recall
+
+    root = tmp_path / "tree"
+    shutil.copytree(tiny_tree, root)
+    images = sorted((root / "Data" / "DET" / "val").iterdir())
+    images[0].write_bytes(b"not a JPEG at all")
+    out = tmp_path / "recall.json"
+    argv = [
+        "--data-root",
+        str(root),
+        "--split",
+        "val",
+        "--workers",
+        "1",
+        "--json",
+        str(out),
+        "proposals.multibox.enabled=false",
+        "proposals.selective_search.cache_dir=none",
+        "proposals.selective_search.resize_width=100",
+        "proposals.selective_search.min_side=30",
+    ]
+    assert recall.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"eval.recall: skipping {images[0]}: not an image" in err
+    report = json.loads(out.read_text())
+    assert report["settings"]["images"] == len(images) - 1 >= 1
