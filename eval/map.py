@@ -11,8 +11,10 @@ Examples:
     # with no --data-root and data.root empty: the embedded demo dataset
     python -m eval.map --split val --detections runs/demo/val_submission.txt
 
-Prints a per-class table sorted by AP (id, wnid, name, npos, dets, AP), the mAP, and the
-pycocotools AP at IoU 0.5 as a labelled cross-check. Exit status 0, or 2 with a one-line
+Prints a per-class table sorted by AP (id, wnid, name, npos, dets, AP) for classes 1..K
+(K the largest class id in the ground truth), the devkit's mAP (``nan`` with its reason
+when a class has detections but no positives), the mean AP over classes with positives,
+and the pycocotools AP at IoU 0.5 as a labelled cross-check. Exit status 0, or 2 with a one-line
 error for bad input.
 """
 
@@ -24,6 +26,8 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+import numpy as np
 
 from detector.core.atomic import atomic_write_text
 from detector.core.config import Config, ConfigError, add_config_args, load_config, parse_args
@@ -251,27 +255,51 @@ def print_report(
             f"{s['num_ignored_detections']} detections and {s['num_ignored_ground_truths']} objects ignored)"
         )
     print(f"{'id':>4}  {'wnid':<10} {'name':<24} {'npos':>6} {'dets':>8} {'AP':>7}")
-    for c in sorted(range(1, result.num_classes + 1), key=lambda c: (-result.ap[c - 1], c)):
+    ap = result.ap
+    for c in sorted(range(1, result.num_classes + 1), key=lambda c: _by_ap(ap[c - 1], c)):
+        value = "nan" if np.isnan(ap[c - 1]) else f"{100 * ap[c - 1]:.2f}%"
         print(
             f"{c:>4}  {classes.wnids[c - 1]:<10.10} {classes.names[c - 1]:<24.24} "
-            f"{result.npos[c - 1]:>6} {result.num_dets[c - 1]:>8} {100 * result.ap[c - 1]:>6.2f}%"
+            f"{result.npos[c - 1]:>6} {result.num_dets[c - 1]:>8} {value:>7}"
         )
-    print(
-        f"mAP: {100 * result.mAP:.2f}% over {result.num_classes} classes (scored in {seconds:.2f} s)"
-    )
-    if result.degenerate:
-        present = result.ap[result.npos > 0]
-        ids = ", ".join(str(c) for c in result.degenerate[:30])
-        more = f", ... ({len(result.degenerate)} in all)" if len(result.degenerate) > 30 else ""
-        print(f"degenerate classes (no positives; AP counted as 0): {ids}{more}")
-        if len(present):
-            print(
-                f"mean AP over the {len(present)} classes with positives: {100 * present.mean():.2f}%"
-            )
+    for line in headline(result, seconds):
+        print(line)
     if coco is not None:
         from eval.coco_check import LABEL
 
         print(f"{LABEL}: {100 * coco.mAP:.2f}%")
+
+
+def headline(result: EvalResult, seconds: float | None = None) -> list[str]:
+    """The devkit's mAP (NaN printed as ``nan`` with its reason), the mean over classes
+    with positives beside it, and notes on classes without positives and above K."""
+    k = result.num_classes
+    timing = f"; scored in {seconds:.2f} s" if seconds is not None else ""
+    reason = f": {result.mAP_reason}" if result.mAP_reason else ""
+    value = "nan" if np.isnan(result.mAP) else f"{100 * result.mAP:.2f}%"
+    lines = [f"mAP: {value} (devkit: mean over classes 1..{k}{reason}{timing})"]
+    present = int((result.npos > 0).sum())
+    with_pos = result.mAP_with_positives
+    with_text = "nan" if np.isnan(with_pos) else f"{100 * with_pos:.2f}%"
+    lines.append(f"mean AP over the {present} classes with positives: {with_text}")
+    if result.degenerate:
+        ids = ", ".join(str(c) for c in result.degenerate[:30])
+        more = f", ... ({len(result.degenerate)} in all)" if len(result.degenerate) > 30 else ""
+        lines.append(
+            f"classes without positives (AP 0 with no detection, nan with any): {ids}{more}"
+        )
+    above = result.settings.get("num_detections_above_k", 0)
+    if above:
+        lines.append(
+            f"note: {above} detections of classes above K = {k} (the largest class id in the "
+            "ground truth) are not evaluated"
+        )
+    return lines
+
+
+def _by_ap(ap: float, c: int) -> tuple:
+    """Sort key: AP descending, NaN last, then class id."""
+    return (bool(np.isnan(ap)), -(0.0 if np.isnan(ap) else ap), c)
 
 
 def write_json(

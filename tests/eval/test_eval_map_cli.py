@@ -55,21 +55,54 @@ def test_scores_file_prints_table_and_writes_json(tree, tmp_path, capsys):
     out = tmp_path / "report" / "map.json"
     assert run(tree, tmp_path, lines, "--json", str(out), "--plot-pr", str(tmp_path / "pr")) == 0
     text = capsys.readouterr().out
-    # cat: TP FP TP, npos 2 -> AP = 0.5 * 1 + 0.5 * 2/3; dog 1.0; class 3 degenerate (0)
+    # cat: TP FP TP, npos 2 -> AP = 0.5 * 1 + 0.5 * 2/3; dog 1.0. K = 2, the largest class
+    # id in the ground truth (the class list has 3): class 3 is not evaluated.
     cat_ap = 0.5 + 0.5 * 2 / 3
-    assert "mAP: " + f"{100 * (cat_ap + 1.0) / 3:.2f}%" in text
-    assert "degenerate classes (no positives; AP counted as 0): 3" in text
+    assert f"mAP: {100 * (cat_ap + 1.0) / 2:.2f}% (devkit: mean over classes 1..2;" in text
+    assert f"mean AP over the 2 classes with positives: {100 * (cat_ap + 1.0) / 2:.2f}%" in text
     assert "pycocotools AP@0.5 (cross-check" in text
     table = [ln.split() for ln in text.splitlines() if ln.split()[:1] in (["1"], ["2"], ["3"])]
-    assert [row[0] for row in table] == ["2", "1", "3"]  # sorted by AP
+    assert [row[0] for row in table] == ["2", "1"]  # sorted by AP
     report = json.loads(out.read_text())
-    assert report["mAP"] == pytest.approx((cat_ap + 1.0) / 3)
+    assert report["mAP"] == pytest.approx((cat_ap + 1.0) / 2) and report["mAP_reason"] is None
+    assert report["mAP_classes_with_positives"] == report["mAP"]
+    assert report["num_classes"] == 2
     cat = report["classes"][0]
     assert (cat["wnid"], cat["name"], cat["npos"], cat["num_dets"]) == ("n01", "cat", 2, 3)
-    assert report["classes"][2]["degenerate"] is True
     assert report["settings"]["split"] == "val"
     assert report["coco_check"]["ap"][2] is None
     assert sorted(p.name for p in (tmp_path / "pr").iterdir()) == ["001_n01.png", "002_n02.png"]
+
+
+def test_nan_map_is_printed_with_its_reason_and_null_in_json(tree, tmp_path, capsys):
+    """The dog (class 2) of image 1 is blacklisted, so the class has no positives; its
+    detection (also blacklisted) makes its AP NaN, and the devkit's mAP NaN."""
+    bl = tmp_path / "bl.txt"
+    bl.write_text("1 n02\n")
+    lines = "1 1 0.9 0 0 99 99\n2 1 0.8 10 10 109 109\n1 2 0.6 150 50 249 149\n"
+    out = tmp_path / "map.json"
+    assert (
+        run(tree, tmp_path, lines, "--blacklist", str(bl), "--no-coco-check", "--json", str(out))
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert (
+        "mAP: nan (devkit: mean over classes 1..2: class 2 has detections but no positives;" in text
+    )
+    assert "mean AP over the 1 classes with positives: 100.00%" in text
+    report = json.loads(out.read_text())
+    assert report["mAP"] is None
+    assert report["mAP_reason"] == "class 2 has detections but no positives"
+    assert report["mAP_classes_with_positives"] == 1.0
+    assert report["classes"][1]["ap"] is None and report["classes"][1]["num_ignored"] == 1
+
+
+def test_detections_above_k_are_noted_not_scored(tree, tmp_path, capsys):
+    lines = "1 1 0.9 0 0 99 99\n2 1 0.8 10 10 109 109\n1 2 0.6 150 50 249 149\n1 3 0.9 0 0 9 9\n"
+    assert run(tree, tmp_path, lines, "--no-coco-check") == 0
+    text = capsys.readouterr().out
+    assert "mAP: 100.00% (devkit: mean over classes 1..2;" in text
+    assert "note: 1 detections of classes above K = 2" in text
 
 
 def test_blacklist_file(tree, tmp_path, capsys):
