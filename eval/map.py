@@ -34,7 +34,8 @@ from detector.core.config import Config, ConfigError, add_config_args, load_conf
 from detector.core.paths import expand
 from detector.core.runtime import tune_allocator
 from detector.core.structures import ClassList, ImageRecord
-from detector.datasets import open_split
+from detector.datasets import open_split, split_blacklist
+from detector.datasets.ilsvrc import SplitBlacklist
 from detector.resolve import DETECT, SCORE_FILE, ResolveError, resolve_config
 from eval.ilsvrc_ap import EvalResult, evaluate
 from eval.submission import (
@@ -156,8 +157,8 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
     """
     split = args.split or cfg.data.val_split
     records, classes = open_split(cfg.data, split)
-    blacklist_path = Path(cfg.data.blacklist) if cfg.data.blacklist else None
-    pairs = read_blacklist_pairs(blacklist_path, classes)
+    blacklist = split_blacklist(cfg.data, classes, split, records)
+    pairs = set(blacklist.pairs) if blacklist is not None else set()
     if args.detections:
         if args.max_images:
             raise InputError(
@@ -181,24 +182,16 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
     result = evaluate(records, arrays, len(classes), pairs, iou=cfg.eval.iou)
     seconds = time.perf_counter() - t0
     coco = None if args.no_coco_check else coco_cross_check(records, arrays, len(classes), pairs)
-    print_report(result, classes, split, submission, blacklist_path, coco, seconds)
+    print_report(result, classes, split, submission, blacklist, coco, seconds)
     if args.json:
         root = Path(cfg.data.root)
-        write_json(Path(args.json), result, classes, split, root, submission, blacklist_path, coco)
+        write_json(Path(args.json), result, classes, split, root, submission, blacklist, coco)
     if args.plot_pr:
         from eval.plots import plot_pr_curves
 
         files = plot_pr_curves(result, classes, args.plot_pr)
         print(f"precision-recall plots: {len(files)} PNG files in {args.plot_pr}")
     return 0
-
-
-def read_blacklist_pairs(path: Path | None, classes: ClassList) -> set[tuple[int, int]]:
-    if path is None:
-        return set()
-    from detector.datasets.ilsvrc import read_blacklist
-
-    return read_blacklist(path, classes)
 
 
 def run_detector(cfg: Config, records: list[ImageRecord], split: str, out_dir: Path) -> Path:
@@ -240,7 +233,7 @@ def print_report(
     classes: ClassList,
     split: str,
     submission: Path,
-    blacklist: Path | None,
+    blacklist: SplitBlacklist | None,
     coco,
     seconds: float,
 ) -> None:
@@ -250,9 +243,16 @@ def print_report(
         f"{s['num_images']} images, {s['num_detections']} detections from {submission}"
     )
     if blacklist is not None:
+        how = (
+            f", mapped through the image names of {blacklist.mapped_through}"
+            if blacklist.mapped_through
+            else ""
+        )
         print(
-            f"blacklist: {blacklist} ({s['blacklist_pairs']} image/class pairs; "
-            f"{s['num_ignored_detections']} detections and {s['num_ignored_ground_truths']} objects ignored)"
+            f"blacklist: {blacklist.path}: {len(blacklist.pairs)} of its "
+            f"{blacklist.in_file} image/class pairs on this split's images{how}; "
+            f"{s['num_ignored_detections']} detections and {s['num_ignored_ground_truths']} "
+            "objects ignored"
         )
     print(f"{'id':>4}  {'wnid':<10} {'name':<24} {'npos':>6} {'dets':>8} {'AP':>7}")
     ap = result.ap
@@ -309,7 +309,7 @@ def write_json(
     split: str,
     root: Path,
     submission: Path,
-    blacklist: Path | None,
+    blacklist: SplitBlacklist | None,
     coco,
 ) -> None:
     report = result.to_json(classes)
@@ -317,7 +317,11 @@ def write_json(
         split=split,
         data_root=str(root),
         detections=str(submission),
-        blacklist=str(blacklist) if blacklist else None,
+        blacklist=str(blacklist.path) if blacklist else None,
+        blacklist_pairs_in_file=blacklist.in_file if blacklist else 0,
+        blacklist_mapped_through=str(blacklist.mapped_through)
+        if blacklist and blacklist.mapped_through
+        else None,
     )
     if coco is not None:
         report["coco_check"] = {

@@ -155,6 +155,70 @@ def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]
     return out
 
 
+VAL_LIST = "val"  # the list whose indices the devkit's blacklist uses: ImageSets/DET/val.txt
+
+
+@dataclass(frozen=True)
+class SplitBlacklist:
+    """A blacklist's pairs on the images of one split.
+
+    Attributes:
+        path: the blacklist file.
+        pairs: ``(image_index, class_id)``, the index in the split's own list.
+        in_file: pairs the blacklist file holds.
+        mapped_through: ``val.txt`` when the split is another list and the pairs were
+            mapped through its image names; None on ``val`` itself.
+    """
+
+    path: Path
+    pairs: frozenset[tuple[int, int]]
+    in_file: int
+    mapped_through: Path | None
+
+    @property
+    def outside(self) -> int:
+        """Pairs on images that are not in the split."""
+        return self.in_file - len(self.pairs)
+
+
+def blacklist_for_split(
+    path: str | Path, classes: ClassList, root: str | Path, split: str
+) -> SplitBlacklist:
+    """The devkit blacklist (``<val.txt index> <wnid>`` lines) on the images of ``split``.
+
+    Its indices are ``val.txt`` indices. On ``val`` they are the split's own; on any other
+    list (R-CNN's ``val1``/``val2``, a subset) each pair goes through the image name that
+    ``ImageSets/DET/val.txt`` gives its index, to that image's index in the split. Pairs on
+    images outside the split are left out (:attr:`SplitBlacklist.outside`).
+
+    Raises:
+        ValueError: a malformed blacklist, or another list on a tree without ``val.txt``
+            (then the indices cannot be mapped, and are never read as the list's own).
+    """
+    path, sets = Path(path), Path(root) / "ImageSets" / "DET"
+    val_pairs = read_blacklist(path, classes)
+    entries = read_image_set(sets / f"{split}.txt")
+    if split == VAL_LIST:
+        indices = {index for _, index in entries}
+        pairs = frozenset(p for p in val_pairs if p[0] in indices)
+        return SplitBlacklist(path, pairs, len(val_pairs), None)
+    val_list = sets / f"{VAL_LIST}.txt"
+    if not val_list.is_file():
+        raise ValueError(
+            f"{path}: blacklist indices are val.txt indices, but split {split!r} is another "
+            f"list and {val_list} is not there to map them through image names; add it, or "
+            "set data.blacklist=none (--blacklist none)"
+        )
+    name_of = {index: name for name, index in read_image_set(val_list)}
+    index_in_split = {name: index for name, index in entries}
+    pairs = frozenset(
+        (index_in_split[name_of[i]], c)
+        for i, c in val_pairs
+        if i in name_of and name_of[i] in index_in_split
+    )
+    return SplitBlacklist(path, pairs, len(val_pairs), val_list)
+
+
 @dataclass
 class IlsvrcDet:
     """One split of an ILSVRC DET tree. Iterating yields :class:`ImageRecord` in list order.
