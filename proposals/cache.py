@@ -89,16 +89,19 @@ class ProposalCache:
             raise ValueError(f"ProposalCache: {key!r} is not a sha256 hex key")
         return self.directory / key[:2] / f"{key}.npz"
 
-    def get(self, key: str) -> Proposals | None:
+    def get(self, key: str, image_size: tuple[int, int] | None = None) -> Proposals | None:
         """The stored proposals, or None when absent or corrupt (a corrupt entry is deleted).
 
-        An entry that cannot be read (permissions) is a miss, warned about once."""
+        Entries are untrusted: arrays of the wrong shape or kind, non-finite boxes, boxes
+        with ``x2 < x1`` or below 0, or (given ``image_size``, ``(width, height)``) beyond
+        the image are corrupt. An entry that cannot be read (permissions) is a miss,
+        warned about once."""
         path = self.path(key)
         if not self.readable:
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                return Proposals(data["boxes"], data["scores"], data["source"])
+                return _checked(data["boxes"], data["scores"], data["source"], image_size)
         except (FileNotFoundError, NotADirectoryError):  # no entry (or no folder) there
             return None
         except PermissionError as e:
@@ -149,6 +152,29 @@ class ProposalCache:
                 return
             setattr(self, what, False)
         warnings.warn(f"{self.directory}: proposal cache {why}", RuntimeWarning, stacklevel=3)
+
+
+def _checked(
+    boxes: np.ndarray, scores: np.ndarray, source: np.ndarray, image_size: tuple[int, int] | None
+) -> Proposals:
+    """Proposals from an entry's arrays; ValueError when they cannot be an entry we wrote."""
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype.kind != "f":
+        raise ValueError(f"boxes of shape {boxes.shape} and dtype {boxes.dtype}, not float[N, 4]")
+    if scores.ndim != 1 or scores.dtype.kind != "f" or source.ndim != 1 or source.dtype.kind != "u":
+        raise ValueError("scores or source of the wrong shape or kind")
+    if not np.isfinite(boxes).all():
+        raise ValueError("non-finite boxes")
+    if len(boxes) and (
+        (boxes[:, :2] < 0).any()
+        or (boxes[:, 2] < boxes[:, 0]).any()
+        or (boxes[:, 3] < boxes[:, 1]).any()
+    ):
+        raise ValueError("boxes with negative or reversed edges")
+    if image_size is not None and len(boxes):
+        width, height = image_size
+        if (boxes[:, 2] > width).any() or (boxes[:, 3] > height).any():
+            raise ValueError(f"boxes beyond the {width}x{height} image")
+    return Proposals(boxes, scores, source)
 
 
 def _reason(e: OSError) -> str:

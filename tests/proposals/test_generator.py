@@ -192,3 +192,21 @@ def test_unwritable_cache_warns_once_and_goes_on(image, tmp_path, monkeypatch, h
     assert messages[0].startswith(f"{folder}: ") and "without caching" in messages[0]
     assert "\n" not in messages[0]
     assert not list(folder.parent.glob("**/*.tmp"))
+
+
+def test_tampered_cache_entry_is_recomputed(image, tmp_path):
+    """A cache entry with +-1e7 boxes (a 6 PiB warp) is corrupt: recomputed, not used."""
+    cfg = _config(
+        **{
+            "proposals.multibox.enabled": "false",
+            "proposals.selective_search.cache_dir": str(tmp_path),
+        }
+    )
+    gen = ProposalGenerator.from_config(cfg)
+    key = cache_key(image, gen.ss_settings)
+    huge = np.array([[-1e7, -1e7, 1e7, 1e7]], np.float32)
+    gen.cache.put(key, type(gen(image))(huge, [np.nan], [SS]))
+    with pytest.warns(RuntimeWarning, match="corrupt proposal cache entry"):
+        out = gen(image)
+    np.testing.assert_array_equal(out.boxes, selective_search(image, **gen.ss_settings))
+    assert gen.cache.get(key) is not None  # stored again, clean
