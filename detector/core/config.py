@@ -162,6 +162,7 @@ class TrainConfig:
 class EvalConfig:
     iou: float = 0.5  # Jaccard overlap for a hit (capped by the devkit's small-object rule)
     max_per_class_total: int = 30_000  # submission cap per class over the whole set (R-CNN)
+    coco_check_max_images: int = 5_000  # eval.map runs the pycocotools cross-check up to this many images; above it only with --coco-check (docs/DECISIONS.md)
     output_dir: str = "runs/eval"
 
 

@@ -202,6 +202,24 @@ def test_overflowing_size_or_nan_box_exits_2_naming_file_and_field(tree, tmp_pat
     assert f"{b}: object 0: <xmax> is not a finite number" in capsys.readouterr().err
 
 
+def test_cross_check_is_opt_in_above_the_size_limit(tree, tmp_path, capsys):
+    """3 images > eval.coco_check_max_images=2: skipped with a note unless --coco-check."""
+    lines = "1 1 0.9 0 0 99 99\n"
+    out = tmp_path / "map.json"
+    assert run(tree, tmp_path, lines, "eval.coco_check_max_images=2", "--json", str(out)) == 0
+    text, err = capsys.readouterr()
+    assert "pycocotools AP@0.5" not in text
+    assert "note: cross-check skipped: 3 images > eval.coco_check_max_images 2" in err
+    assert "--coco-check" in err
+    assert "skipped" in json.loads(out.read_text())["coco_check"]
+    assert run(tree, tmp_path, lines, "eval.coco_check_max_images=2", "--coco-check") == 0
+    assert "pycocotools AP@0.5 (cross-check" in capsys.readouterr().out
+    assert run(tree, tmp_path, lines, "eval.coco_check_max_images=3") == 0  # at the limit: runs
+    assert "pycocotools AP@0.5 (cross-check" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run(tree, tmp_path, lines, "--coco-check", "--no-coco-check")
+
+
 def test_help_mentions_every_flag(capsys):
     with pytest.raises(SystemExit):
         eval_map.main(["--help"])
@@ -215,6 +233,7 @@ def test_help_mentions_every_flag(capsys):
         "--json",
         "--plot-pr",
         "--no-coco-check",
+        "--coco-check",
         "--config",
     ):
         assert flag in text
