@@ -23,8 +23,13 @@ from torch import nn
 from torchvision.models import GoogLeNet, GoogLeNet_Weights
 
 from detector.core.checkpoints import (
+    WARP_RULES,
     CheckpointError,
+    Rule,
+    check_finite,
+    check_metadata,
     imagenet_weights_path,
+    is_int,
     load_state_strict,
     load_weights_only,
     read_safetensors,
@@ -42,6 +47,25 @@ _TI_SCALE = tuple(s / 0.5 for s in IMAGENET_STD)
 _TI_SHIFT = tuple((m - 0.5) / 0.5 for m in IMAGENET_MEAN)
 # Metadata that every member of an ensemble must share.
 SHARED_KEYS = ("num_outputs", "classes", "input_size", "context_pad", "mean", "std")
+
+
+def _is_class_list(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    wnids, names = value.get("wnids"), value.get("names")
+    lists = isinstance(wnids, list) and isinstance(names, list) and len(wnids) == len(names)
+    return lists and all(isinstance(v, str) for v in (*wnids, *names))
+
+
+# What each metadata field must hold (checked on loading: checkpoints are untrusted).
+METADATA_RULES: dict[str, Rule] = {
+    **WARP_RULES,
+    "num_outputs": ("an integer >= 2", lambda v: is_int(v, 2)),
+    "context_pad": ("an integer >= 0", lambda v: is_int(v, 0)),
+    "classes": ("a mapping with equal-length string lists 'wnids' and 'names'", _is_class_list),
+    "member": ("an integer", is_int),
+    "seed": ("an integer", is_int),
+}
 
 
 class RegionGoogLeNet(GoogLeNet):
@@ -220,6 +244,7 @@ def load_checkpoint(
     """
     path = Path(path)
     state, meta = _read_checkpoint(path)
+    _check_metadata(path, meta)
     if "fc.weight" not in state:
         raise CheckpointError(f"{path}: no fc.weight: not a GoogLeNet region classifier")
     found = int(state["fc.weight"].shape[0])
@@ -278,6 +303,16 @@ def load_members(
     return list(models), merged
 
 
+def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """Types and ranges of the metadata fields; the warp's size must exceed twice its pad."""
+    check_metadata(path, meta, METADATA_RULES)
+    size, pad = meta.get("input_size"), meta.get("context_pad")
+    if size is not None and pad is not None and size <= 2 * pad:
+        raise CheckpointError(
+            f"{path}: metadata 'context_pad' {pad} must be below half of 'input_size' {size}"
+        )
+
+
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if path.suffix in (".pt", ".pth"):
         return _read_torch(path)
@@ -292,6 +327,7 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state, meta = obj, {}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
+    check_finite(path, state)
     return dict(state), meta
 
 

@@ -26,7 +26,13 @@ import time
 from pathlib import Path
 
 from detector.core.atomic import atomic_write_text
-from detector.core.config import Config, DefaultsHelpFormatter, add_config_args, load_config
+from detector.core.config import (
+    Config,
+    DefaultsHelpFormatter,
+    add_config_args,
+    load_config,
+    parse_args,
+)
 from detector.core.paths import demo_models_dir
 
 # The resolve step, the trainers and the detector import torch: they are imported where they
@@ -115,7 +121,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     from detector.core.runtime import tune_allocator
     from detector.resolve import ResolveError, is_demo, resolve_config
 

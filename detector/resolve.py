@@ -107,11 +107,9 @@ def _resolve_data(cfg: Config, demo: bool, needs: Needs) -> None:
     if data.blacklist in ("", "none"):
         data.blacklist = ""
     elif data.blacklist in SHIPPED_BLACKLISTS:
-        if demo:
-            print(
-                f"note: blacklist {data.blacklist!r} names ILSVRC val images; ignored on the demo",
-                file=sys.stderr,
-            )
+        why = _shipped_blacklist_mismatch(data, demo)
+        if why:
+            print(f"note: blacklist {data.blacklist!r} {why}", file=sys.stderr)
             data.blacklist = ""
         else:
             data.blacklist = str(SHIPPED_BLACKLISTS[data.blacklist])
@@ -120,6 +118,27 @@ def _resolve_data(cfg: Config, demo: bool, needs: Needs) -> None:
         if not path.is_file():
             raise ResolveError(f"{path}: blacklist file not found (data.blacklist)")
         data.blacklist = str(path)
+
+
+def _shipped_blacklist_mismatch(data, demo: bool) -> str | None:
+    """Why a shipped (ILSVRC val) blacklist cannot apply to this dataset, or None."""
+    from detector.datasets.ilsvrc import SHIPPED_BLACKLISTS, read_blacklist
+
+    if demo:
+        return "names ILSVRC val images; ignored on the demo"
+    if data.format != "ilsvrc":
+        return f"names ILSVRC val images; ignored for data.format={data.format}"
+    if data.classes:
+        from detector.datasets.classes import load_classes
+
+        try:
+            read_blacklist(SHIPPED_BLACKLISTS[data.blacklist], load_classes(Path(data.classes)))
+        except ValueError:
+            return (
+                f"names ILSVRC 2014 classes that the class list {data.classes} lacks; ignored "
+                "(set data.blacklist to a file of your own)"
+            )
+    return None
 
 
 def _demo_root(cfg: Config, generate: bool) -> Path:

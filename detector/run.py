@@ -59,6 +59,7 @@ from detector.core.config import (
     InferenceConfig,
     add_config_args,
     load_config,
+    parse_args,
 )
 
 STAGES = ("load", "propose", "warp", "score", "nms", "wait")
@@ -195,7 +196,7 @@ class RunOptions:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     # Everything heavy (torch, OpenCV, the detector) is imported after parsing: --help is fast.
     from detector.core.runtime import tune_allocator
     from detector.resolve import ResolveError

@@ -26,7 +26,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.core.config import ConfigError, TrainConfig, add_config_args, load_config
+from detector.core.config import (
+    ConfigError,
+    TrainConfig,
+    add_config_args,
+    load_config,
+    parse_args,
+)
 
 PROG = "detector.train"
 EXAMPLES = __doc__.split("Examples::", 1)[1].split("Exit status:", 1)[0]
@@ -68,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     # torch and the trainer are imported after parsing: --help is fast.
     from detector.core.devices import DeviceError
     from detector.core.runtime import tune_allocator

@@ -84,14 +84,20 @@ def context_boxes(boxes: np.ndarray, *, size: int, context_pad: int) -> np.ndarr
     return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 
+# Edges of context boxes are kept within +-2^31 pixels (far beyond any image), so their
+# integer arithmetic cannot overflow.
+MAX_EDGE = 2**31
+
+
 def rounded_context_boxes(boxes: np.ndarray, *, size: int, context_pad: int) -> np.ndarray:
     """Context boxes with edges rounded to whole pixels, each at least 1 x 1 pixel.
 
     Returns:
-        int64[N, 4]: ``[X1, Y1, X2, Y2)`` pixel edges, possibly outside the image.
+        int64[N, 4]: ``[X1, Y1, X2, Y2)`` pixel edges, possibly outside the image (within
+        +-:data:`MAX_EDGE`).
     """
     c = np.floor(context_boxes(boxes, size=size, context_pad=context_pad).astype(np.float64) + 0.5)
-    c = c.astype(np.int64)
+    c = np.clip(c, -MAX_EDGE, MAX_EDGE).astype(np.int64)
     c[:, 2:] = np.maximum(c[:, 2:], c[:, :2] + 1)  # degenerate boxes still sample one pixel
     return c
 
@@ -147,6 +153,9 @@ def warp_regions(
     if method == "auto":
         method = "resize" if device.type == "cpu" else "roi_align"
     size, mean, std = warp.size, warp.mean, warp.std
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if not np.isfinite(boxes).all():
+        raise ValueError("warp_regions: boxes must be finite (got NaN or infinity)")
     rounded = rounded_context_boxes(boxes, size=size, context_pad=warp.context_pad)
     crops = _output(out, len(rounded), size, device)
     if len(rounded) == 0:
@@ -217,9 +226,37 @@ def _warp_resize(
     for n, (x1, y1, x2, y2) in enumerate(shifted.tolist()):
         if x1 >= 0 and y1 >= 0 and x2 <= pw and y2 <= ph:
             crop = padded[y1:y2, x1:x2]
-        else:
+        elif (x2 - x1) * (y2 - y1) <= ph * pw:
             crop = _zero_padded_crop(padded, x1, y1, x2, y2)
+        else:  # a crop larger than the image is never made: sample it where it is read
+            _sample_crop(padded, x1, y1, x2, y2, dest[n])
+            continue
         cv2.resize(crop, (size, size), dst=dest[n], interpolation=cv2.INTER_LINEAR)
+
+
+def _sample_crop(padded: np.ndarray, x1: int, y1: int, x2: int, y2: int, dest: np.ndarray) -> None:
+    """``cv2.resize(INTER_LINEAR)`` of the zero-padded crop ``[y1:y2, x1:x2]`` into ``dest``
+    (float32[S, S, 3]) without making the crop: only the 2 x 2 source pixels of each output
+    pixel are read (memory ~ S^2, whatever the box). The same samples as cv2.resize: the
+    position clamped to the crop, bilinear weights (here in float64, not float32)."""
+    size = dest.shape[0]
+    cols, col_w = _linear_taps(x1, x2, size)
+    rows, row_w = _linear_taps(y1, y2, size)
+    ph, pw = padded.shape[:2]
+    inside = ((rows >= 0) & (rows < ph))[:, :, None, None] & ((cols >= 0) & (cols < pw))[None, None]
+    taps = padded[np.clip(rows, 0, ph - 1)[:, :, None, None], np.clip(cols, 0, pw - 1)[None, None]]
+    taps = np.where(inside[..., None], taps, 0.0)  # (S, 2, S, 2, 3)
+    dest[:] = np.einsum("ia,jb,iajbc->ijc", row_w, col_w, taps.astype(np.float64))
+
+
+def _linear_taps(lo: int, hi: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (int64[S, 2]) and weights (float64[S, 2]) of a linear resize of
+    ``[lo, hi)`` to ``size`` samples, clamped to the range as cv2.resize does."""
+    u = lo + (np.arange(size) + 0.5) * ((hi - lo) / size) - 0.5
+    u = np.clip(u, lo, hi - 1)
+    i0 = np.floor(u).astype(np.int64)
+    a = u - i0
+    return np.stack([i0, np.minimum(i0 + 1, hi - 1)], 1), np.stack([1 - a, a], 1)
 
 
 def _zero_padded_crop(padded: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:

@@ -9,6 +9,11 @@ the largest number of detections on one image so nothing is cut.
 
     check = coco_ap50(records, arrays, num_classes=200, blacklist=pairs)
     print(f"pycocotools AP@0.5 (cross-check): {check.mAP:.4f}")
+
+Two backends compute it: faster-coco-eval (a C++ reimplementation of pycocotools'
+``COCOeval``, same interface and figures; the optional extra ``inception-rcnn[fast]``),
+used when installed, else pycocotools itself, whose Python loops take ~55 s on 10,000
+images x 100 detections.
 """
 
 from __future__ import annotations
@@ -25,6 +30,36 @@ from eval.ilsvrc_ap import blacklisted
 from eval.submission import SubmissionArrays
 
 LABEL = "pycocotools AP@0.5 (cross-check: 101-point interpolation, no small-object rule)"
+BACKENDS = ("faster-coco-eval", "pycocotools")  # in order of preference
+
+
+def available_backends() -> list[str]:
+    """The installed :data:`BACKENDS`, preferred first."""
+    import importlib.util
+
+    modules = {"faster-coco-eval": "faster_coco_eval", "pycocotools": "pycocotools"}
+    return [b for b in BACKENDS if importlib.util.find_spec(modules[b]) is not None]
+
+
+def label(backend: str) -> str:
+    """The printed name of the figure (:data:`LABEL`, naming a non-default backend)."""
+    if backend == "pycocotools":
+        return LABEL
+    return LABEL.replace("(cross-check:", f"(cross-check, computed by {backend}:")
+
+
+def _coco_api(backend: str | None):
+    """(COCO, COCOeval, backend name) of ``backend`` (None: the preferred installed one)."""
+    backend = backend or next(iter(available_backends()), "pycocotools")
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    elif backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    else:
+        raise ValueError(f"coco_ap50: unknown backend {backend!r} ({', '.join(BACKENDS)})")
+    return COCO, COCOeval, backend
 
 
 @dataclass
@@ -35,10 +70,12 @@ class CocoCheck:
         ap (float64[K]): AP of class ids 1..K; NaN for classes with no ground truth
             (pycocotools leaves them out of its mean).
         mAP: mean over classes with ground truth (0.0 when there are none).
+        backend: which implementation computed it (:data:`BACKENDS`).
     """
 
     ap: np.ndarray
     mAP: float  # noqa: N815 - the paper's name
+    backend: str = "pycocotools"
 
 
 def coco_ap50(
@@ -46,10 +83,14 @@ def coco_ap50(
     dets: SubmissionArrays,
     num_classes: int,
     blacklist: Iterable[tuple[int, int]] = frozenset(),
+    backend: str | None = None,
 ) -> CocoCheck:
-    """pycocotools ``COCOeval`` (bbox, IoU 0.5 only, area "all") -> :class:`CocoCheck`."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    """pycocotools ``COCOeval`` (bbox, IoU 0.5 only, area "all") -> :class:`CocoCheck`.
+
+    Args:
+        backend: "faster-coco-eval" or "pycocotools"; None = faster-coco-eval when installed.
+    """
+    COCO, COCOeval, backend = _coco_api(backend)  # noqa: N806 - the classes
 
     pairs = {(int(i), int(c)) for i, c in blacklist}
     gt_dataset = _coco_ground_truth(gt, num_classes, pairs)
@@ -61,7 +102,7 @@ def coco_ap50(
     dets = dets.take(keep)
     if len(dets) == 0 or not has_gt.any():
         ap[has_gt > 0] = 0.0
-        return CocoCheck(ap=ap, mAP=_mean(ap))
+        return CocoCheck(ap=ap, mAP=_mean(ap), backend=backend)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO()
         coco_gt.dataset = gt_dataset
@@ -79,7 +120,7 @@ def coco_ap50(
         column = precision[:, k]
         ap[cat - 1] = float(column[column > -1].mean()) if (column > -1).any() else np.nan
     ap[(has_gt > 0) & np.isnan(ap)] = 0.0
-    return CocoCheck(ap=ap, mAP=_mean(ap))
+    return CocoCheck(ap=ap, mAP=_mean(ap), backend=backend)
 
 
 def _mean(ap: np.ndarray) -> float:

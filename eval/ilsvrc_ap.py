@@ -8,7 +8,12 @@ The protocol (docs/PROTOCOLS.md, "Evaluation"):
      same-class ground truths it hits, the one with the largest ov (first in XML order on ties);
   5. detections of a blacklisted (image, class) are ignored and those objects leave npos;
   6. one global ranking (descending score, stable over image order);
-  7. VOC all-point AP; 8. mAP over classes 1..K.
+  7. VOC all-point AP;
+  8. mAP over classes 1..K, K the largest class id in the ground truth (detections of
+     classes above K are not evaluated). A class without positives has AP 0 when it has no
+     detection at all and AP NaN when it has any (blacklisted ones included: the devkit
+     computes ``0/0`` recall), so the devkit's mAP is then NaN. :attr:`EvalResult.mAP` is
+     that number; :attr:`EvalResult.mAP_with_positives` the mean over classes with positives.
 
 Everything runs in the devkit's inclusive frame and float64, so the comparisons are the
 devkit's own arithmetic. Matching is vectorised: detection/ground-truth pairs are built for
@@ -36,15 +41,16 @@ DEFAULT_IOU = 0.5  # the devkit's defaultIOUthr
 
 @dataclass
 class EvalResult:
-    """Per-class figures of one evaluation.
+    """Per-class figures of one evaluation, classes 1..K (K the largest ground-truth class id).
 
     Attributes:
-        ap (float64[K]): average precision of class ids 1..K (index ``c - 1``).
+        ap (float64[K]): average precision of class ids 1..K (index ``c - 1``); NaN for a
+            class with detections but no positives, 0 for one with neither (the devkit's).
         npos (int64[K]): ground truths counted as positives (blacklisted ones left out).
         num_dets (int64[K]): detections scored (blacklisted ones left out).
         num_tp (int64[K]): of those, true positives.
-        degenerate (list[int]): class ids with no positives: AP 0 by convention (the devkit
-            gives 0 with no detections and NaN with some), listed rather than hidden.
+        num_ignored (int64[K]): blacklisted detections (neither TP nor FP).
+        degenerate (list[int]): class ids with no positives (AP 0 or NaN, see ``ap``).
         recall, precision (list of float64[n_c]): each class's curve in ranking order.
         settings: the protocol's parameters and counts, for the JSON report.
     """
@@ -53,6 +59,7 @@ class EvalResult:
     npos: np.ndarray
     num_dets: np.ndarray
     num_tp: np.ndarray
+    num_ignored: np.ndarray
     degenerate: list[int]
     recall: list[np.ndarray] = field(repr=False)
     precision: list[np.ndarray] = field(repr=False)
@@ -60,37 +67,73 @@ class EvalResult:
 
     @property
     def num_classes(self) -> int:
+        """K: the largest class id in the ground truth."""
         return len(self.ap)
 
     @property
+    def nan_classes(self) -> list[int]:
+        """Class ids whose AP is NaN: detections (blacklisted ones included), no positives."""
+        return [int(c) + 1 for c in np.flatnonzero(np.isnan(self.ap))]
+
+    @property
     def mAP(self) -> float:  # noqa: N802 - the paper's name
-        """Mean AP over classes 1..K, degenerate classes counting 0 (as the devkit's mean)."""
-        return float(self.ap.mean()) if len(self.ap) else 0.0
+        """The devkit's mAP: the mean AP over classes 1..K; NaN when a class's AP is NaN
+        (see :attr:`mAP_reason`) or when the ground truth has no object (K = 0)."""
+        return float(self.ap.mean()) if len(self.ap) else float("nan")
+
+    @property
+    def mAP_reason(self) -> str | None:  # noqa: N802
+        """Why :attr:`mAP` is NaN (None when it is a number)."""
+        if not len(self.ap):
+            return "the ground truth has no objects (K = 0)"
+        nan = self.nan_classes
+        if not nan:
+            return None
+        ids = ", ".join(str(c) for c in nan[:10]) + (
+            f", ... ({len(nan)} in all)" if len(nan) > 10 else ""
+        )
+        verb = "has" if len(nan) == 1 else "have"
+        return f"class{'es' if len(nan) > 1 else ''} {ids} {verb} detections but no positives"
+
+    @property
+    def mAP_with_positives(self) -> float:  # noqa: N802
+        """Mean AP over the classes with positives (NaN when there are none)."""
+        present = self.ap[self.npos > 0]
+        return float(present.mean()) if len(present) else float("nan")
 
     def to_json(self, classes: ClassList | None = None) -> dict:
-        """JSON-ready report: mAP, settings, one entry per class (with wnid/name if given)."""
+        """JSON-ready report: mAP (null when NaN, with ``mAP_reason``), the mean over classes
+        with positives, settings, one entry per class (with wnid/name if given)."""
         rows = []
         for c in range(1, self.num_classes + 1):
             row = {
                 "id": c,
-                "ap": float(self.ap[c - 1]),
+                "ap": _json_float(self.ap[c - 1]),
                 "npos": int(self.npos[c - 1]),
                 "num_dets": int(self.num_dets[c - 1]),
                 "num_tp": int(self.num_tp[c - 1]),
+                "num_ignored": int(self.num_ignored[c - 1]),
                 "degenerate": c in self.degenerate,
             }
             if classes is not None and c <= len(classes):
                 row["wnid"], row["name"] = classes.wnids[c - 1], classes.names[c - 1]
             rows.append(row)
-        present = self.ap[self.npos > 0]
         return {
-            "mAP": self.mAP,
-            "mAP_classes_with_positives": float(present.mean()) if len(present) else 0.0,
+            "mAP": _json_float(self.mAP),
+            "mAP_reason": self.mAP_reason,
+            "mAP_classes_with_positives": _json_float(self.mAP_with_positives),
             "num_classes": self.num_classes,
+            "num_classes_with_positives": int((self.npos > 0).sum()),
             "degenerate_classes": list(self.degenerate),
+            "nan_classes": self.nan_classes,
             "settings": dict(self.settings),
             "classes": rows,
         }
+
+
+def _json_float(value: float) -> float | None:
+    """NaN -> None (JSON has no NaN)."""
+    return None if np.isnan(value) else float(value)
 
 
 @dataclass
@@ -116,16 +159,21 @@ def evaluate(
     Args:
         gt: the split's images (``ImageRecord.index`` is the devkit image_index; boxes internal).
         dets: the submission, boxes inclusive (as read from the file).
-        num_classes: K; default the largest class id in the ground truth.
+        num_classes: the size of the class list: ground-truth and detection class ids must
+            be in 1..num_classes (None: any id >= 1). It is not K: K is always the largest
+            class id in the ground truth, and detections above K are not evaluated.
         blacklist: ``(image_index, class_id)`` pairs left out of the evaluation.
         iou: the overlap a large object needs (the devkit's 0.5); small objects need less.
         pixel_tolerance: the devkit's 10 px of the small-object rule.
     Raises:
-        ValueError for detections on images not in ``gt`` or with class ids outside 1..K.
+        ValueError for detections on images not in ``gt`` or with class ids outside
+        1..num_classes.
     """
     truth = _ground_truth(gt, iou, pixel_tolerance)
     k = _num_classes(truth.label, num_classes)
-    _check_detections(dets, gt, k)
+    _check_detections(dets, gt, num_classes)
+    above = dets.class_id > k  # classes above K are not evaluated (the devkit's loop ends at K)
+    dets = dets.take(~above) if above.any() else dets
     pairs = {(int(i), int(c)) for i, c in blacklist}
     gt_ok = ~blacklisted(truth.image, truth.label, pairs, k)
     det_ok = ~blacklisted(dets.image_index, dets.class_id, pairs, k)
@@ -133,14 +181,18 @@ def evaluate(
     ranked = dets.take(order[det_ok[order]])  # ignored detections add no (rec, prec) point
     tp = match_detections(ranked, _subset(truth, gt_ok), k)
     npos = np.bincount(truth.label[gt_ok], minlength=k + 1)[1:].astype(np.int64)
-    result = _per_class_ap(ranked.class_id, tp, npos)
+    ignored = np.bincount(dets.class_id[~det_ok], minlength=k + 1)[1:].astype(np.int64)
+    result = _per_class_ap(ranked.class_id, tp, npos, ignored)
     result.settings = {
         "protocol": "ILSVRC DET devkit eval_detection.m",
         "iou": float(iou),
         "pixel_tolerance": float(pixel_tolerance),
         "ap": "VOC all-point (monotone precision, sentinels)",
+        "mAP": "mean over classes 1..K, K the largest class id in the ground truth; "
+        "NaN when a class has detections but no positives",
         "num_images": len(gt),
-        "num_detections": len(dets),
+        "num_detections": len(dets) + int(above.sum()),
+        "num_detections_above_k": int(above.sum()),
         "num_ignored_detections": int((~det_ok).sum()),
         "num_ignored_ground_truths": int((~gt_ok).sum()),
         "blacklist_pairs": len(pairs),
@@ -241,22 +293,23 @@ def _subset(truth: _GroundTruth, keep: np.ndarray) -> _GroundTruth:
 
 
 def _num_classes(labels: np.ndarray, num_classes: int | None) -> int:
+    """K, the largest class id in the ground truth (0 without objects), checked against the
+    class list's size."""
     largest = int(labels.max()) if len(labels) else 0
-    if num_classes is None:
-        return largest
-    if largest > num_classes:
+    if num_classes is not None and largest > num_classes:
         raise ValueError(f"ground truth has class id {largest} > num_classes {num_classes}")
     if len(labels) and labels.min() < 1:
         raise ValueError("ground truth has class id < 1")
-    return num_classes
+    return largest
 
 
-def _check_detections(dets: SubmissionArrays, gt: Sequence[ImageRecord], k: int) -> None:
+def _check_detections(dets: SubmissionArrays, gt: Sequence[ImageRecord], limit: int | None) -> None:
     if len(dets) == 0:
         return
-    bad = (dets.class_id < 1) | (dets.class_id > k)
+    bad = (dets.class_id < 1) | (dets.class_id > (limit if limit is not None else np.inf))
     if bad.any():
-        raise ValueError(f"detections: class id {dets.class_id[bad][0]} outside 1..{k}")
+        bound = f"1..{limit}" if limit is not None else ">= 1"
+        raise ValueError(f"detections: class id {dets.class_id[bad][0]} outside {bound}")
     known = np.isin(dets.image_index, np.asarray([r.index for r in gt], np.int64))
     if not known.all():
         raise ValueError(f"detections: image index {dets.image_index[~known][0]} not in the split")
@@ -305,11 +358,17 @@ def _round_of_detection(det_idx: np.ndarray, det_key: np.ndarray) -> np.ndarray:
     return rank[np.searchsorted(cand, det_idx)]
 
 
-def _per_class_ap(class_id: np.ndarray, tp: np.ndarray, npos: np.ndarray) -> EvalResult:
-    """Cumulate each class's TP/FP in ranking order -> AP (VOCap) per class."""
+def _per_class_ap(
+    class_id: np.ndarray, tp: np.ndarray, npos: np.ndarray, ignored: np.ndarray
+) -> EvalResult:
+    """Cumulate each class's TP/FP in ranking order -> AP (VOCap) per class.
+
+    A class without positives gets what the devkit computes: AP 0 with no detection at all,
+    NaN with any (its recall is 0/0), blacklisted detections included (``ignored``)."""
     k = len(npos)
     by_class = np.argsort(class_id, kind="stable")  # ranking order kept inside each class
     bounds = np.searchsorted(class_id[by_class], np.arange(1, k + 2))
+    num_dets = np.diff(bounds).astype(np.int64)
     ap, num_tp = np.zeros(k), np.zeros(k, np.int64)
     recall, precision = [], []
     for c in range(k):
@@ -321,12 +380,16 @@ def _per_class_ap(class_id: np.ndarray, tp: np.ndarray, npos: np.ndarray) -> Eva
         recall.append(rec)
         precision.append(prec)
         num_tp[c] = int(hits.sum())
-        ap[c] = voc_ap(rec, prec) if npos[c] > 0 else 0.0
+        if npos[c] > 0:
+            ap[c] = voc_ap(rec, prec)
+        else:
+            ap[c] = np.nan if num_dets[c] + ignored[c] > 0 else 0.0
     return EvalResult(
         ap=ap,
         npos=npos,
-        num_dets=np.diff(bounds).astype(np.int64),
+        num_dets=num_dets,
         num_tp=num_tp,
+        num_ignored=ignored,
         degenerate=[c + 1 for c in range(k) if npos[c] == 0],
         recall=recall,
         precision=precision,

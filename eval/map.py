@@ -21,8 +21,10 @@ Examples:
     # with no --data-root and data.root empty: the embedded demo dataset
     python -m eval.map --split val --detections runs/demo/val_submission.txt
 
-Prints a per-class table sorted by AP (id, wnid, name, npos, dets, AP), the mAP, and the
-pycocotools AP at IoU 0.5 as a labelled cross-check. Exit status 0, or 2 with a one-line
+Prints a per-class table sorted by AP (id, wnid, name, npos, dets, AP) for classes 1..K
+(K the largest class id in the ground truth), the devkit's mAP (``nan`` with its reason
+when a class has detections but no positives), the mean AP over classes with positives,
+and the pycocotools AP at IoU 0.5 as a labelled cross-check. Exit status 0, or 2 with a one-line
 error for bad input.
 """
 
@@ -30,16 +32,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detector.core.config import Config, ConfigError, add_config_args, load_config
+from detector.core.config import Config, ConfigError, add_config_args, load_config, parse_args
 
 if TYPE_CHECKING:  # the heavy modules (numpy, torch) are imported after parsing: --help is fast
     from detector.core.structures import ClassList, ImageRecord
+    from detector.datasets.ilsvrc import SplitBlacklist
     from eval.ilsvrc_ap import EvalResult
     from eval.submission import SubmissionArrays
 
@@ -104,7 +108,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write one precision-recall PNG per class here",
     )
-    parser.add_argument(
+    check = parser.add_mutually_exclusive_group()
+    check.add_argument(
+        "--coco-check",
+        action="store_true",
+        help="run the pycocotools cross-check whatever the split's size (by default it is "
+        "skipped above eval.coco_check_max_images images)",
+    )
+    check.add_argument(
         "--no-coco-check", action="store_true", help="skip the pycocotools cross-check"
     )
     parser.add_argument(
@@ -115,7 +126,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     from detector.core.runtime import tune_allocator
     from detector.resolve import DETECT, SCORE_FILE, ResolveError, resolve_config
 
@@ -151,6 +162,7 @@ class MapOptions:
     plot_pr: str | None = None
     no_coco_check: bool = False
     no_progress: bool = False
+    coco_check: bool = False  # run the cross-check above eval.coco_check_max_images too
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MapOptions:
@@ -164,14 +176,14 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
         InputError, ValueError, OSError: bad input, naming the file (``main`` prints them).
     """
     from detector.core.paths import expand
-    from detector.datasets import open_split
+    from detector.datasets import open_split, split_blacklist
     from eval.ilsvrc_ap import evaluate
     from eval.submission import read_submission
 
     split = args.split or cfg.data.val_split
     records, classes = open_split(cfg.data, split)
-    blacklist_path = Path(cfg.data.blacklist) if cfg.data.blacklist else None
-    pairs = read_blacklist_pairs(blacklist_path, classes)
+    blacklist = split_blacklist(cfg.data, classes, split, records)
+    pairs = set(blacklist.pairs) if blacklist is not None else set()
     if args.detections:
         if args.max_images:
             raise InputError(
@@ -186,28 +198,32 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
         arrays = read_submission(
             submission, num_classes=len(classes), image_indices=[r.index for r in records]
         )
+    if len(arrays) == 0:
+        print(
+            f"warning: {submission}: no detections (empty submission); every AP is 0",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     result = evaluate(records, arrays, len(classes), pairs, iou=cfg.eval.iou)
     seconds = time.perf_counter() - t0
-    coco = None if args.no_coco_check else coco_cross_check(records, arrays, len(classes), pairs)
-    print_report(result, classes, split, submission, blacklist_path, coco, seconds)
+    skip = cross_check_skipped(args, len(records), cfg.eval.coco_check_max_images)
+    if skip:
+        print(f"note: cross-check skipped: {skip}", file=sys.stderr)
+    coco = (
+        None
+        if args.no_coco_check or skip
+        else coco_cross_check(records, arrays, len(classes), pairs)
+    )
+    print_report(result, classes, split, submission, blacklist, coco, seconds)
     if args.json:
         root = Path(cfg.data.root)
-        write_json(Path(args.json), result, classes, split, root, submission, blacklist_path, coco)
+        write_json(Path(args.json), result, classes, split, root, submission, blacklist, coco, skip)
     if args.plot_pr:
         from eval.plots import plot_pr_curves
 
         files = plot_pr_curves(result, classes, args.plot_pr)
         print(f"precision-recall plots: {len(files)} PNG files in {args.plot_pr}")
     return 0
-
-
-def read_blacklist_pairs(path: Path | None, classes: ClassList) -> set[tuple[int, int]]:
-    if path is None:
-        return set()
-    from detector.datasets.ilsvrc import read_blacklist
-
-    return read_blacklist(path, classes)
 
 
 def run_detector(
@@ -334,6 +350,18 @@ def detections_from_log(
     return cap_per_class(from_records(pairs), cfg.eval.max_per_class_total)
 
 
+def cross_check_skipped(args: MapOptions, num_images: int, max_images: int) -> str | None:
+    """Why the cross-check is skipped for its cost (None: it runs, or ``--no-coco-check``).
+
+    It is opt-in above ``eval.coco_check_max_images`` images (docs/DECISIONS.md, "Evaluation")."""
+    if args.no_coco_check or args.coco_check or num_images <= max_images:
+        return None
+    return (
+        f"{num_images} images > eval.coco_check_max_images {max_images} (about 2 s per "
+        "1,000 images with faster-coco-eval, 6 s with pycocotools); --coco-check runs it"
+    )
+
+
 def coco_cross_check(
     records: list[ImageRecord], arrays: SubmissionArrays, k: int, pairs: set[tuple[int, int]]
 ):
@@ -347,7 +375,7 @@ def print_report(
     classes: ClassList,
     split: str,
     submission: Path,
-    blacklist: Path | None,
+    blacklist: SplitBlacklist | None,
     coco,
     seconds: float,
 ) -> None:
@@ -357,32 +385,63 @@ def print_report(
         f"{s['num_images']} images, {s['num_detections']} detections from {submission}"
     )
     if blacklist is not None:
+        how = (
+            f", mapped through the image names of {blacklist.mapped_through}"
+            if blacklist.mapped_through
+            else ""
+        )
         print(
-            f"blacklist: {blacklist} ({s['blacklist_pairs']} image/class pairs; "
-            f"{s['num_ignored_detections']} detections and {s['num_ignored_ground_truths']} objects ignored)"
+            f"blacklist: {blacklist.path}: {len(blacklist.pairs)} of its "
+            f"{blacklist.in_file} image/class pairs on this split's images{how}; "
+            f"{s['num_ignored_detections']} detections and {s['num_ignored_ground_truths']} "
+            "objects ignored"
         )
     print(f"{'id':>4}  {'wnid':<10} {'name':<24} {'npos':>6} {'dets':>8} {'AP':>7}")
-    for c in sorted(range(1, result.num_classes + 1), key=lambda c: (-result.ap[c - 1], c)):
+    ap = result.ap
+    for c in sorted(range(1, result.num_classes + 1), key=lambda c: _by_ap(ap[c - 1], c)):
+        value = "nan" if math.isnan(ap[c - 1]) else f"{100 * ap[c - 1]:.2f}%"
         print(
             f"{c:>4}  {classes.wnids[c - 1]:<10.10} {classes.names[c - 1]:<24.24} "
-            f"{result.npos[c - 1]:>6} {result.num_dets[c - 1]:>8} {100 * result.ap[c - 1]:>6.2f}%"
+            f"{result.npos[c - 1]:>6} {result.num_dets[c - 1]:>8} {value:>7}"
         )
-    print(
-        f"mAP: {100 * result.mAP:.2f}% over {result.num_classes} classes (scored in {seconds:.2f} s)"
-    )
+    for line in headline(result, seconds):
+        print(line)
+    if coco is not None:
+        from eval.coco_check import label
+
+        print(f"{label(coco.backend)}: {100 * coco.mAP:.2f}%")
+
+
+def headline(result: EvalResult, seconds: float | None = None) -> list[str]:
+    """The devkit's mAP (NaN printed as ``nan`` with its reason), the mean over classes
+    with positives beside it, and notes on classes without positives and above K."""
+    k = result.num_classes
+    timing = f"; scored in {seconds:.2f} s" if seconds is not None else ""
+    reason = f": {result.mAP_reason}" if result.mAP_reason else ""
+    value = "nan" if math.isnan(result.mAP) else f"{100 * result.mAP:.2f}%"
+    lines = [f"mAP: {value} (devkit: mean over classes 1..{k}{reason}{timing})"]
+    present = int((result.npos > 0).sum())
+    with_pos = result.mAP_with_positives
+    with_text = "nan" if math.isnan(with_pos) else f"{100 * with_pos:.2f}%"
+    lines.append(f"mean AP over the {present} classes with positives: {with_text}")
     if result.degenerate:
-        present = result.ap[result.npos > 0]
         ids = ", ".join(str(c) for c in result.degenerate[:30])
         more = f", ... ({len(result.degenerate)} in all)" if len(result.degenerate) > 30 else ""
-        print(f"degenerate classes (no positives; AP counted as 0): {ids}{more}")
-        if len(present):
-            print(
-                f"mean AP over the {len(present)} classes with positives: {100 * present.mean():.2f}%"
-            )
-    if coco is not None:
-        from eval.coco_check import LABEL
+        lines.append(
+            f"classes without positives (AP 0 with no detection, nan with any): {ids}{more}"
+        )
+    above = result.settings.get("num_detections_above_k", 0)
+    if above:
+        lines.append(
+            f"note: {above} detections of classes above K = {k} (the largest class id in the "
+            "ground truth) are not evaluated"
+        )
+    return lines
 
-        print(f"{LABEL}: {100 * coco.mAP:.2f}%")
+
+def _by_ap(ap: float, c: int) -> tuple:
+    """Sort key: AP descending, NaN last, then class id."""
+    return (bool(math.isnan(ap)), -(0.0 if math.isnan(ap) else ap), c)
 
 
 def write_json(
@@ -392,19 +451,27 @@ def write_json(
     split: str,
     root: Path,
     submission: Path,
-    blacklist: Path | None,
+    blacklist: SplitBlacklist | None,
     coco,
+    coco_skipped: str | None = None,
 ) -> None:
     report = result.to_json(classes)
     report["settings"].update(
         split=split,
         data_root=str(root),
         detections=str(submission),
-        blacklist=str(blacklist) if blacklist else None,
+        blacklist=str(blacklist.path) if blacklist else None,
+        blacklist_pairs_in_file=blacklist.in_file if blacklist else 0,
+        blacklist_mapped_through=str(blacklist.mapped_through)
+        if blacklist and blacklist.mapped_through
+        else None,
     )
+    if coco_skipped:
+        report["coco_check"] = {"skipped": coco_skipped}
     if coco is not None:
         report["coco_check"] = {
             "label": "pycocotools AP@0.5, cross-check only",
+            "backend": coco.backend,
             "mAP": coco.mAP,
             "ap": [None if v != v else float(v) for v in coco.ap],  # NaN -> null
         }

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from detector.core.config import DefaultsHelpFormatter, add_config_args
+from detector.core.config import DefaultsHelpFormatter, add_config_args, parse_args
 from detector.core.structures import ImageRecord, Proposals
 
 
@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     from detector.core.config import ConfigError, load_config
     from detector.resolve import TRAIN_MEMBERS, ResolveError, resolve_config
     from eval.coverage import evaluate_proposals, format_report, plot_curves

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.core.atomic import atomic_write_text
+from detector.core.config import short_repr
 from detector.core.structures import Detections, to_inclusive
 
 # Structured row of one line; numpy's C parser rejects "1.0" for an int field like int() does.
@@ -219,14 +220,14 @@ def _int(text: str, name: str, where: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{where}: {name} is not an integer: {text!r}") from None
+        raise ValueError(f"{where}: {name} is not an integer: {short_repr(text)}") from None
 
 
 def _float(text: str, name: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{where}: {name} is not a number: {text!r}") from None
+        raise ValueError(f"{where}: {name} is not a number: {short_repr(text)}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {name} is not finite: {text!r}")
+        raise ValueError(f"{where}: {name} is not finite: {short_repr(text)}")
     return value

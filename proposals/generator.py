@@ -89,7 +89,7 @@ class ProposalGenerator:
         """
         ss = self._selective_search(image, pool)
         mb = self.multibox.propose(image) if self.multibox is not None else Proposals()
-        return merge_proposals(ss, mb)
+        return _clipped(merge_proposals(ss, mb), image)
 
     def propose_many(
         self, images: Sequence[np.ndarray], workers: int | None = None
@@ -111,7 +111,9 @@ class ProposalGenerator:
                 else [Proposals() for _ in images]
             )
             ss = ss_future.result()
-        return [merge_proposals(s, m) for s, m in zip(ss, mb, strict=True)]
+        return [
+            _clipped(merge_proposals(s, m), im) for s, m, im in zip(ss, mb, images, strict=True)
+        ]
 
     def process_pool(self, workers: int | None = None) -> SelectiveSearchPool | None:
         """A (not yet entered) pool of selective-search worker processes with this
@@ -132,7 +134,7 @@ class ProposalGenerator:
         if self.ss_settings is None:
             return np.zeros((0, 4), np.float32)
         key = self._key(image)
-        cached = self.cache.get(key) if key else None
+        cached = self.cache.get(key, _size(image)) if key else None
         if cached is not None:
             return cached.boxes
         boxes = None
@@ -157,7 +159,9 @@ class ProposalGenerator:
         if self.ss_settings is None:
             return [np.zeros((0, 4), np.float32) for _ in images]
         keys = [self._key(im) for im in images]
-        found = [self.cache.get(k) if k else None for k in keys]
+        found = [
+            self.cache.get(k, _size(im)) if k else None for k, im in zip(keys, images, strict=True)
+        ]
         out = [None if p is None else p.boxes for p in found]
         todo = [i for i, b in enumerate(out) if b is None]
         if todo:
@@ -172,6 +176,19 @@ class ProposalGenerator:
 
     def _key(self, image: np.ndarray) -> str | None:
         return cache_key(image, self.ss_settings) if self.cache is not None else None
+
+
+def _clipped(proposals: Proposals, image: np.ndarray) -> Proposals:
+    """Boxes clipped to the image (both sources already are; this holds whatever a source
+    returns, so the warp never sees a box larger than the image)."""
+    w, h = _size(image)
+    np.clip(proposals.boxes, 0, np.array([w, h, w, h], np.float32), out=proposals.boxes)
+    return proposals
+
+
+def _size(image: np.ndarray) -> tuple[int, int]:
+    """(width, height) of an HxW[xC] image."""
+    return int(image.shape[1]), int(image.shape[0])
 
 
 def _as_ss_proposals(boxes: np.ndarray) -> Proposals:

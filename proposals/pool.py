@@ -2,7 +2,9 @@
 
 The OpenCV binding releases the GIL but the algorithm is single-threaded, so throughput
 comes from processes. Workers are started with ``spawn`` (never ``fork``: forking a process
-that has imported torch or started OpenCV threads can deadlock). Items are numpy images or
+that has imported torch or started OpenCV threads can deadlock). Each worker watches its
+parent and exits when the parent is gone (killed with SIGKILL, say), so no worker outlives
+the process that started it. Items are numpy images or
 image paths (decoded in the worker, so only a path crosses the process boundary). An image
 that fails yields a :class:`ProposalError` in its place; the pool carries on.
 
@@ -21,7 +23,10 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
+import os
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
 
 Item = np.ndarray | str | Path
 Result = np.ndarray | Exception
+
+PARENT_POLL_SECONDS = 0.5  # how often a worker checks that its parent is still alive
 
 
 class ProposalError(RuntimeError):
@@ -79,6 +86,7 @@ class SelectiveSearchPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
         return self
 
@@ -147,13 +155,27 @@ def _check_settings(settings: dict[str, Any]) -> None:
         )
 
 
-def _init_worker() -> None:
-    """One thread per worker: the pool provides the parallelism."""
+def _init_worker(parent: int) -> None:
+    """One thread per worker: the pool provides the parallelism. A watchdog thread ends the
+    worker when ``parent`` (the pool's process) is gone."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     import cv2
 
     cv2.setNumThreads(1)
     if "torch" in sys.modules:  # only if the spawned main module imported it
         sys.modules["torch"].set_num_threads(1)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Poll the parent process id; once it differs from ``parent`` the parent has died (the
+    worker was re-parented) and the worker exits at once, whatever it is doing.
+
+    A polling thread rather than Linux's ``PR_SET_PDEATHSIG``: that signal follows the
+    *thread* that started the worker, and pool workers may be started from any thread.
+    """
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _run_one(item: np.ndarray | str, max_pixels: int, settings: dict[str, Any]) -> Result:

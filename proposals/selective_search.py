@@ -39,10 +39,6 @@ _seg = cv2.ximgproc.segmentation
 RCNN_FAST: dict = {"ks": (50, 100)}  # R-CNN's fast mode
 DOUBLED: dict = {"ks": (100, 200)}  # superpixel size doubled (the paper's section 8)
 
-# The resize to a fixed width also upscales (as R-CNN does), so a very tall, narrow image could
-# become enormous; refuse it instead of exhausting memory.
-MAX_RESIZED_PIXELS = 25_000_000
-
 # RGB -> the colour spaces the hierarchies run in. Our images are RGB, so use the RGB2* codes
 # (OpenCV's own fast mode calls BGR2* on its BGR images: the same result).
 _COLOR_CODES: dict[str, int | None] = {
@@ -71,6 +67,7 @@ def selective_search(
     color_spaces: Sequence[str] = tuple(_DEFAULTS.color_spaces),
     strategies: Sequence[str] = tuple(_DEFAULTS.strategies),
     min_side: int = _DEFAULTS.min_side,
+    max_side: int = _DEFAULTS.max_side,
 ) -> np.ndarray:
     """Selective-search boxes of one image, in original-image pixels.
 
@@ -86,6 +83,9 @@ def selective_search(
         strategies: similarity mixes, each ``"+"``-joined from color, texture, size, fill
             (equal weights).
         min_side: boxes with a side below this many resized pixels are dropped.
+        max_side: the resized image's longer side is at most this: a long strip is scaled
+            to it instead of to ``resize_width`` (upscaling a 20x10000 strip to width 224
+            would make it 224x112000).
 
     Returns:
         boxes (float32[N, 4]): internal xyxy, clipped to the image, no exact duplicates,
@@ -94,21 +94,16 @@ def selective_search(
 
     Raises:
         ValueError: on a wrong dtype or shape, an unknown colour space or strategy, or a
-        resized image over :data:`MAX_RESIZED_PIXELS`.
+        non-positive ``resize_width`` or ``max_side``.
     """
     rgb = _as_rgb(image)
     height, width = rgb.shape[:2]
-    new_w, new_h = _resized_size(width, height, resize_width)
+    new_w, new_h = _resized_size(width, height, resize_width, max_side)
     # Validate the settings even when the image is too small, so bad settings fail early.
     segmenter = _build_segmenter(ks, min_size_factor, sigma, strategies)
     _check_color_spaces(color_spaces)
     if min(new_w, new_h) < max(min_side, 1):
         return np.zeros((0, 4), dtype=np.float32)
-    if new_w * new_h > MAX_RESIZED_PIXELS:
-        raise ValueError(
-            f"image {width}x{height} resized to width {resize_width} is {new_w}x{new_h}, "
-            f"over {MAX_RESIZED_PIXELS} pixels"
-        )
     resized = _resize(rgb, new_w, new_h)
     for name in color_spaces:
         segmenter.addImage(_convert(resized, name))
@@ -153,13 +148,20 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def _resized_size(width: int, height: int, resize_width: int) -> tuple[int, int]:
-    """(new_w, new_h) with new_w = resize_width and the aspect kept; (0, 0) for an empty image."""
+def _resized_size(width: int, height: int, resize_width: int, max_side: int) -> tuple[int, int]:
+    """(new_w, new_h): width ``resize_width``, aspect kept, unless that makes the longer side
+    exceed ``max_side``: then the longer side is ``max_side``. (0, 0) for an empty image."""
     if resize_width <= 0:
         raise ValueError(f"selective_search: resize_width must be positive, got {resize_width}")
+    if max_side <= 0:
+        raise ValueError(f"selective_search: max_side must be positive, got {max_side}")
     if width == 0 or height == 0:
         return 0, 0
-    return resize_width, max(1, round(height * resize_width / width))
+    new_w, new_h = resize_width, max(1, round(height * resize_width / width))
+    if max(new_w, new_h) <= max_side:
+        return new_w, new_h
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _resize(rgb: np.ndarray, new_w: int, new_h: int) -> np.ndarray:

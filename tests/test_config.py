@@ -94,3 +94,76 @@ def test_the_paper_config_equals_the_defaults():
 
 def test_the_demo_config_drops_the_ilsvrc_blacklist():
     assert load_config("demo").data.blacklist == ""
+
+
+def test_numbers_yaml_reads_as_strings_are_coerced_for_numeric_fields(tmp_path) -> None:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a float field takes it as 0.001."""
+    cfg = load_config("ilsvrc2014", ["inference.score_threshold=1e-3", "train.lr=5E-4"])
+    assert cfg.inference.score_threshold == 0.001 and isinstance(
+        cfg.inference.score_threshold, float
+    )
+    assert cfg.train.lr == 0.0005
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  weight_decay: 1e-4\n  epochs: '3'\n")
+    cfg = load_config(path)
+    assert cfg.train.weight_decay == 1e-4 and cfg.train.epochs == 3
+    for bad in (
+        "inference.score_threshold=abc",
+        "inference.score_threshold=nan",
+        "model.members=2.5",
+    ):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config("ilsvrc2014", [bad])
+    assert load_config("ilsvrc2014", ["data.root=1e3"]).data.root == "1e3"  # str stays str
+
+
+def test_duplicate_yaml_keys_are_an_error_naming_key_and_file(tmp_path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("inference:\n  nms_iou: 0.4\n  nms_iou: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:") and "duplicate key 'nms_iou'" in msg and "line 3" in msg
+    path.write_text("data:\n  root: a\ndata:\n  format: voc\n")
+    with pytest.raises(ConfigError, match="duplicate key 'data'"):
+        load_config(path)
+
+
+def test_overrides_anywhere_among_the_options() -> None:
+    from detector.core.config import parse_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--split")
+    parser.add_argument("--no-coco-check", action="store_true")
+    add_config_args(parser)
+    argv = ["a.b=1", "--split", "val", "inference.nms_iou=0.4", "--no-coco-check", "c=2"]
+    args = parse_args(parser, argv)
+    assert args.overrides == ["a.b=1", "inference.nms_iou=0.4", "c=2"]
+    assert args.split == "val" and args.no_coco_check
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["a=1", "--split", "val", "stray"])
+
+
+def test_every_command_line_accepts_overrides_after_an_option() -> None:
+    import importlib
+
+    for module in ("eval.map", "eval.recall", "detector.demo", "detector.train"):
+        parser = importlib.import_module(module).get_args_parser()
+        from detector.core.config import parse_args
+
+        args = parse_args(
+            parser, ["--config", "demo", "model.members=2", "--config", "demo", "x.y=1"]
+        )
+        assert args.overrides == ["model.members=2", "x.y=1"], module
+    from proposals.multibox.__main__ import get_args_parser
+
+    args = parse_args(get_args_parser(), ["train", "a=1", "--config", "demo", "b=2"])
+    assert args.overrides == ["a=1", "b=2"]
+
+
+def test_long_values_are_cut_in_error_messages() -> None:
+    token = "x" * 5_000_000
+    for override in (f"model.members={token}", f"{token}=1", token):
+        with pytest.raises(ConfigError) as info:
+            load_config("ilsvrc2014", [override])
+        assert len(str(info.value)) < 400

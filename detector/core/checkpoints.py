@@ -4,11 +4,17 @@ A checkpoint is a safetensors file: tensors plus JSON metadata stored as one str
 key of the safetensors header (``"detector"`` for region classifiers, ``"multibox"`` for
 MultiBox). ``.pt``/``.pth`` files are read only with ``torch.load(weights_only=True)``.
 Every error is a :class:`CheckpointError` whose message starts with the file.
+
+Checkpoints are untrusted input: floating-point tensors must be finite
+(:func:`check_finite`: a NaN weight would silently give no detections), and metadata
+fields are checked against their expected types (:func:`check_metadata`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ from safetensors.torch import save_file
 from torchvision.models import GoogLeNet_Weights
 
 from detector.core.atomic import atomic_path
+from detector.core.config import short_repr
 
 
 class CheckpointError(ValueError):
@@ -54,6 +61,7 @@ def read_safetensors(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no __iter__)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
+    check_finite(path, tensors)
     if raw is None:
         return tensors, {}
     try:
@@ -94,6 +102,56 @@ def load_state_strict(model: torch.nn.Module, state: dict, path: str | Path, wha
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise CheckpointError(f"{path}: weights do not fit {what}: {' '.join(first[:3])}") from None
+
+
+def check_finite(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Every floating-point tensor finite; else a CheckpointError naming the file and tensor."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinity")
+
+
+# A metadata rule: (what the value must be, in words; a test of the value).
+Rule = tuple[str, Callable[[Any], bool]]
+
+
+def check_metadata(path: str | Path, meta: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
+    """Each present, non-null field of ``meta`` that ``rules`` names passes its test; else a
+    one-line CheckpointError naming the file and the field (the value cut short)."""
+    for key, (what, ok) in rules.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        try:
+            good = bool(ok(value))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise CheckpointError(
+                f"{path}: metadata {key!r} must be {what}, got {short_repr(value)}"
+            )
+
+
+def is_int(value: Any, minimum: int | None = None) -> bool:
+    """A JSON integer (not a bool), at least ``minimum``."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return ok and (minimum is None or value >= minimum)
+
+
+def finite_numbers(value: Any, length: int, positive: bool = False) -> bool:
+    """A list of ``length`` finite JSON numbers (each > 0 when ``positive``)."""
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        return False
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return numbers and all(math.isfinite(v) and (v > 0 or not positive) for v in value)
+
+
+WARP_RULES: dict[str, Rule] = {
+    "input_size": ("an integer >= 1", lambda v: is_int(v, 1)),
+    "mean": ("a list of 3 finite numbers", lambda v: finite_numbers(v, 3)),
+    "std": ("a list of 3 finite numbers > 0", lambda v: finite_numbers(v, 3, positive=True)),
+    "transform_input": ("true or false", lambda v: isinstance(v, bool)),
+}
 
 
 def one_line(e: BaseException) -> str:

@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +33,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class ConfigError(ValueError):
     """A bad key or value in a config file or override; the message names the key."""
+
+
+MESSAGE_VALUE_CHARS = 100  # untrusted values are cut to about this many characters in messages
+
+
+def short_repr(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, saying how long it was: error
+    messages echo untrusted input (a 50 MB token must not become a 50 MB message)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} chars" if isinstance(value, str) else f"{len(text)} chars as text"
+    return f"{text[:limit]}... ({size})"
 
 
 @dataclass
@@ -60,6 +75,7 @@ class SelectiveSearchConfig:
         default_factory=lambda: ["color+texture+size+fill", "texture+size+fill"]
     )
     min_side: int = 20  # boxes with a side below this (in resized pixels) are dropped
+    max_side: int = 5000  # the resized image's longer side is capped here (a 20x10000 strip is not upscaled to 224x112000)
     workers: int = 0  # processes computing selective search; 0 = all cores
     cache_dir: str = ""  # proposal cache; "" = <cache>/proposals, "none" = off
 
@@ -147,6 +163,7 @@ class TrainConfig:
 class EvalConfig:
     iou: float = 0.5  # Jaccard overlap for a hit (capped by the devkit's small-object rule)
     max_per_class_total: int = 30_000  # submission cap per class over the whole set (R-CNN)
+    coco_check_max_images: int = 5_000  # eval.map runs the pycocotools cross-check up to this many images; above it only with --coco-check (docs/DECISIONS.md)
     output_dir: str = "runs/eval"
 
 
@@ -182,13 +199,13 @@ def resolve_config_path(name: str | Path) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (default ``configs/demo.yaml``), then ``KEY=VALUE`` overrides."""
+    """Defaults, then the YAML file (default ``configs/demo.yaml``), then ``KEY=VALUE`` overrides.
+
+    A key given twice in one mapping of the file is an error (YAML would keep the last).
+    """
     cfg = Config()
     src = resolve_config_path(path if path else DEFAULT_CONFIG)
-    try:
-        data = yaml.safe_load(src.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{src}: not valid YAML: {e}") from None
+    data = _load_yaml(src.read_text(), str(src)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{src}: top level must be a mapping")
     _merge(cfg, data, prefix="")
@@ -202,11 +219,11 @@ def apply_override(cfg: Config, item: str) -> None:
     """Apply ``a.b.c=VALUE`` (VALUE parsed as YAML: ``ks=[50,100]``, ``enabled=false``)."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        raise ConfigError(f"override {short_repr(item)} is not KEY=VALUE")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+        value = _load_yaml(raw, f"override {short_repr(key)}", plain_text_ok=True)
+    except _NotYaml:
+        value = raw  # not YAML: the text itself (a path with a colon, ...)
     nested: dict[str, Any] = {}
     node = nested
     parts = key.strip().split(".")
@@ -216,13 +233,57 @@ def apply_override(cfg: Config, item: str) -> None:
     _merge(cfg, nested, prefix="")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {short_repr(key)} at line {line}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class words that error
+                break
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _NotYaml(Exception):
+    pass
+
+
+def _load_yaml(text: str, where: str, plain_text_ok: bool = False) -> Any:
+    """Safe YAML with unique keys; ConfigError naming ``where`` (a file, an override).
+
+    ``plain_text_ok``: text that is not YAML raises :class:`_NotYaml` instead."""
+    if text == "":
+        return "" if plain_text_ok else None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no tags run
+    except _DuplicateKey as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        if plain_text_ok:
+            raise _NotYaml from None
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())[:300]}") from None
+
+
 def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names or key == "source":
-            raise ConfigError(f"unknown config key {dotted!r}")
+            raise ConfigError(f"unknown config key {short_repr(dotted)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -233,7 +294,8 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against the field's type; ints are accepted for floats."""
+    """Check ``value`` against the field's type; ints are accepted for floats, and numeric
+    strings for numeric fields (YAML 1.1 reads ``1e-3``, without a dot, as a string)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         for arm in typing.get_args(hint):
@@ -241,16 +303,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, arm, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"config key {key!r}: {value!r} is not {hint}")
+        raise ConfigError(f"config key {key!r}: {short_repr(value)} is not {hint}")
     if origin is list:
         (inner,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be a list, got {short_repr(value)}")
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is type(None):
         if value is None:
             return None
-        raise ConfigError(f"config key {key!r} must be null, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be null, got {short_repr(value)}")
+    if hint in (int, float) and isinstance(value, str):
+        value = _number_from_text(value, hint, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is str and value is None:
@@ -260,7 +324,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if not isinstance(value, hint):
         name = getattr(hint, "__name__", str(hint))
         raise ConfigError(
-            f"config key {key!r} must be {name}, got {type(value).__name__} {value!r}"
+            f"config key {key!r} must be {name}, got {type(value).__name__} {short_repr(value)}"
         )
     return value
 
@@ -278,8 +342,21 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _number_from_text(text: str, hint: type, key: str) -> Any:
+    """``"1e-3"`` -> 0.001 for a float field, ``"3"`` -> 3 for an int field; other text is
+    left as it is (and then refused as the wrong type). Non-finite numbers are refused."""
+    try:
+        number = hint(text.strip())
+    except ValueError:
+        return text
+    if hint is float and not math.isfinite(number):
+        raise ConfigError(f"config key {key!r} must be a finite number, got {short_repr(text)}")
+    return number
+
+
 def add_config_args(parser: Any) -> None:
-    """The ``--config FILE`` and ``KEY=VALUE`` arguments every CLI shares."""
+    """The ``--config FILE`` and ``KEY=VALUE`` arguments every CLI shares (parse the command
+    line with :func:`parse_args`, so that overrides may stand anywhere)."""
     parser.add_argument(
         "--config",
         default=None,
@@ -292,3 +369,24 @@ def add_config_args(parser: Any) -> None:
         metavar="KEY=VALUE",
         help="override config keys, e.g. inference.nms_iou=0.4 model.members=2",
     )
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, except that ``KEY=VALUE`` overrides may come anywhere
+    among the options (argparse alone takes only the first run of them: in
+    ``--split val a=1 --no-coco-check b=2`` it calls ``b=2`` unrecognised). Overrides keep
+    their order on the command line; any other leftover argument is an error as usual."""
+    args, rest = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    extra = [a for a in rest if takes_overrides and _OVERRIDE.match(a)]
+    unknown = [a for a in rest if not (takes_overrides and _OVERRIDE.match(a))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(short_repr(a)[1:-1] for a in unknown)}")
+    if takes_overrides:
+        args.overrides = [*args.overrides, *extra]
+    return args

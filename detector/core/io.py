@@ -2,7 +2,10 @@
 
 Every detector input passes through here, so the rules are stated once:
 
-- **Files** are decoded with Pillow. The pixel count is checked against ``max_pixels``
+- **Files** are decoded with Pillow, and only in the formats of :data:`ALLOWED_FORMATS`
+  (JPEG, PNG, BMP, TIFF, WebP, GIF, PPM/PGM/PBM), whatever the file's name: Pillow's
+  other plugins are never tried, so a PostScript file named ``.jpg`` is refused instead of
+  being handed to Ghostscript (an external interpreter, with no timeout). The pixel count is checked against ``max_pixels``
   from the header, *before* decoding (decompression bombs never allocate), and EXIF
   orientation is applied (``ImageOps.exif_transpose``) so boxes refer to the image as
   a viewer shows it. Animated files (GIF, WebP) give their first frame.
@@ -56,6 +59,11 @@ IMAGE_EXTENSIONS = frozenset(
     }
 )
 
+# Pillow format names tried by Image.open; every other plugin (EPS runs Ghostscript; PSD,
+# FITS, ... are rarely-audited decoders) is never tried. "PPM" covers PGM, PBM and PNM;
+# "JPEG" also opens multi-picture (MPO) camera files.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+
 _WHITE = 255
 
 
@@ -88,14 +96,16 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     path = Path(path)
     _check_file(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=ALLOWED_FORMATS) as im:
             _check_size(im.size, max_pixels, str(path))
             im.load()  # the decode; raises on truncated data (LOAD_TRUNCATED_IMAGES is off)
             return _pil_to_rgb(im)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image (unrecognised file format)") from None
+        raise ImageLoadError(
+            f"{path}: not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})"
+        ) from None
     except Image.DecompressionBombError as e:
         # Pillow's own cap (2 x Image.MAX_IMAGE_PIXELS) also applies when max_pixels is larger.
         raise ImageLoadError(f"{path}: too many pixels ({_one_line(e)})") from None

@@ -46,9 +46,38 @@ def open_split(data: DataConfig, split: str) -> tuple[list[ImageRecord], ClassLi
     return list(ds), ds.classes
 
 
+def split_blacklist(data: DataConfig, classes: ClassList, split: str, records: list[ImageRecord]):
+    """The (resolved) ``data.blacklist`` on the images of ``split``: a
+    ``detector.datasets.ilsvrc.SplitBlacklist``, or None without a blacklist.
+
+    On an ILSVRC tree its indices are val.txt indices, mapped to the split's own through
+    the image names, or refused when they cannot be (``ilsvrc.blacklist_for_split``;
+    docs/PROTOCOLS.md, "Evaluation"). On COCO and VOC (no val.txt) a blacklist file of
+    one's own is read against the split's indices (``records``); the shipped ILSVRC one
+    never gets there: the resolve step drops it for those formats.
+    """
+    from detector.datasets.ilsvrc import SplitBlacklist, blacklist_for_split, read_blacklist
+
+    if not data.blacklist:
+        return None
+    if data.format == "ilsvrc":
+        return blacklist_for_split(expand(data.blacklist), classes, expand(data.root), split)
+    path = expand(data.blacklist)
+    pairs = read_blacklist(path, classes)
+    indices = {r.index for r in records}
+    return SplitBlacklist(path, frozenset(p for p in pairs if p[0] in indices), len(pairs), None)
+
+
 def with_images(records: list[ImageRecord]) -> list[ImageRecord]:
     """The records that have an image file (training and detection need pixels)."""
     return [r for r in records if r.path is not None and Path(r.path).exists()]
 
 
-__all__ = ["FORMATS", "default_classes", "load_classes", "open_split", "with_images"]
+__all__ = [
+    "FORMATS",
+    "default_classes",
+    "load_classes",
+    "open_split",
+    "split_blacklist",
+    "with_images",
+]

@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from detector.core.io import load_image
 from detector.core.paths import cache_root, expand
 from detector.core.structures import ClassList
 
@@ -627,7 +628,7 @@ def write_previews(root: Path, out: Path, split: str, count: int) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for rec in list(IlsvrcDet(root, split))[:count]:
-        image = np.asarray(Image.open(rec.path).convert("RGB"))
+        image = load_image(rec.path)
         path = out / f"{rec.image_id}.png"
         draw_preview(image, rec.boxes, rec.labels).save(path)
         paths.append(path)
@@ -662,7 +663,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    from detector.core.config import parse_args
+
+    args = parse_args(get_args_parser(), argv)
     try:
         target = args.out
         if target is None:

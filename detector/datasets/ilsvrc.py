@@ -7,6 +7,7 @@ name: the devkit writes ``<bndbox>`` children in the order xmin, xmax, ymin, yma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from defusedxml import ElementTree
 
+from detector.core.config import short_repr
 from detector.core.structures import ClassList, ImageRecord, from_inclusive
 from detector.datasets.classes import DATA_DIR, default_classes, load_classes
 
@@ -80,20 +82,40 @@ def _int_field(node, tag: str, path: Path, default: int) -> int:
     text = node.findtext(tag)
     if text is None:
         return default
-    try:
-        return int(float(text.strip()))
-    except ValueError:
-        raise AnnotationError(f"{path}: <{tag}> is not a number: {text!r}") from None
+    return pixel_count(finite_number(text, tag, path), tag, path, text)
 
 
 def _float_field(node, tag: str, path: Path, where: str) -> float:
     text = node.findtext(tag)
     if text is None:
         raise AnnotationError(f"{path}: {where}: missing <bndbox>/<{tag}>")
+    return finite_number(text, tag, path, where)
+
+
+MAX_SIDE = 2**31 - 1  # an image side in <size> must fit an int32
+
+
+def finite_number(text: str, tag: str, path: Path, where: str = "") -> float:
+    """The float of an XML field; AnnotationError naming the file (and ``where``) and the
+    field when it is not a number or not finite (``nan``, ``inf``, ``1e400``)."""
+    at = f"{path}: {where}: " if where else f"{path}: "
     try:
-        return float(text.strip())
+        value = float(text.strip())
     except ValueError:
-        raise AnnotationError(f"{path}: {where}: <{tag}> is not a number: {text!r}") from None
+        raise AnnotationError(f"{at}<{tag}> is not a number: {short_repr(text)}") from None
+    if not math.isfinite(value):
+        raise AnnotationError(f"{at}<{tag}> is not a finite number: {short_repr(text)}")
+    return value
+
+
+def pixel_count(value: float, tag: str, path: Path, text: str, where: str = "") -> int:
+    """A ``<size>`` field as an int; AnnotationError when negative or beyond :data:`MAX_SIDE`."""
+    if not 0 <= value <= MAX_SIDE:
+        at = f"{path}: {where}: " if where else f"{path}: "
+        raise AnnotationError(
+            f"{at}<{tag}> must be a pixel count in 0..{MAX_SIDE}, got {short_repr(text)}"
+        )
+    return int(value)
 
 
 def read_image_set(path: str | Path) -> list[tuple[str, int]]:
@@ -105,7 +127,7 @@ def read_image_set(path: str | Path) -> list[tuple[str, int]]:
         if not parts:
             continue
         if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
-            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
+            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {short_repr(line)}")
         out.append((parts[0], int(parts[1]) if len(parts) == 2 else len(out) + 1))
     return out
 
@@ -122,13 +144,79 @@ def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]
         if not parts:
             continue
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{path}:{lineno}: expected '<image_index> <wnid>', got {line!r}")
+            raise ValueError(
+                f"{path}:{lineno}: expected '<image_index> <wnid>', got {short_repr(line)}"
+            )
         try:
             class_id = int(parts[1]) if parts[1].isdigit() else classes.id_of(parts[1])
         except KeyError:
-            raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}") from None
+            raise ValueError(f"{path}:{lineno}: unknown class {short_repr(parts[1])}") from None
         out.add((int(parts[0]), class_id))
     return out
+
+
+VAL_LIST = "val"  # the list whose indices the devkit's blacklist uses: ImageSets/DET/val.txt
+
+
+@dataclass(frozen=True)
+class SplitBlacklist:
+    """A blacklist's pairs on the images of one split.
+
+    Attributes:
+        path: the blacklist file.
+        pairs: ``(image_index, class_id)``, the index in the split's own list.
+        in_file: pairs the blacklist file holds.
+        mapped_through: ``val.txt`` when the split is another list and the pairs were
+            mapped through its image names; None on ``val`` itself.
+    """
+
+    path: Path
+    pairs: frozenset[tuple[int, int]]
+    in_file: int
+    mapped_through: Path | None
+
+    @property
+    def outside(self) -> int:
+        """Pairs on images that are not in the split."""
+        return self.in_file - len(self.pairs)
+
+
+def blacklist_for_split(
+    path: str | Path, classes: ClassList, root: str | Path, split: str
+) -> SplitBlacklist:
+    """The devkit blacklist (``<val.txt index> <wnid>`` lines) on the images of ``split``.
+
+    Its indices are ``val.txt`` indices. On ``val`` they are the split's own; on any other
+    list (R-CNN's ``val1``/``val2``, a subset) each pair goes through the image name that
+    ``ImageSets/DET/val.txt`` gives its index, to that image's index in the split. Pairs on
+    images outside the split are left out (:attr:`SplitBlacklist.outside`).
+
+    Raises:
+        ValueError: a malformed blacklist, or another list on a tree without ``val.txt``
+            (then the indices cannot be mapped, and are never read as the list's own).
+    """
+    path, sets = Path(path), Path(root) / "ImageSets" / "DET"
+    val_pairs = read_blacklist(path, classes)
+    entries = read_image_set(sets / f"{split}.txt")
+    if split == VAL_LIST:
+        indices = {index for _, index in entries}
+        pairs = frozenset(p for p in val_pairs if p[0] in indices)
+        return SplitBlacklist(path, pairs, len(val_pairs), None)
+    val_list = sets / f"{VAL_LIST}.txt"
+    if not val_list.is_file():
+        raise ValueError(
+            f"{path}: blacklist indices are val.txt indices, but split {split!r} is another "
+            f"list and {val_list} is not there to map them through image names; add it, or "
+            "set data.blacklist=none (--blacklist none)"
+        )
+    name_of = {index: name for name, index in read_image_set(val_list)}
+    index_in_split = {name: index for name, index in entries}
+    pairs = frozenset(
+        (index_in_split[name_of[i]], c)
+        for i, c in val_pairs
+        if i in name_of and name_of[i] in index_in_split
+    )
+    return SplitBlacklist(path, pairs, len(val_pairs), val_list)
 
 
 @dataclass

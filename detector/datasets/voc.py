@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.core.structures import ClassList, ImageRecord
-from detector.datasets.ilsvrc import AnnotationError, read_xml
+from detector.datasets.ilsvrc import AnnotationError, finite_number, pixel_count, read_xml
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -44,8 +44,7 @@ def parse_voc_annotation(
     """
     path = Path(path)
     root = read_xml(path)
-    width = int(_number(root, "size/width", path, "image", default=0))
-    height = int(_number(root, "size/height", path, "image", default=0))
+    width, height = (_size(root, f"size/{t}", path) for t in ("width", "height"))
     boxes, labels = [], []
     for i, obj in enumerate(root.iter("object")):
         where = f"object {i}"
@@ -80,10 +79,14 @@ def _number(node, tag: str, path: Path, where: str, default: float | None = None
         if default is not None:
             return default
         raise AnnotationError(f"{path}: {where}: missing <{tag}>")
-    try:
-        return float(text.strip())
-    except ValueError:
-        raise AnnotationError(f"{path}: {where}: <{tag}> is not a number: {text!r}") from None
+    return finite_number(text, tag, path, where)
+
+
+def _size(root, tag: str, path: Path) -> int:
+    text = root.findtext(tag)
+    if text is None or not text.strip():
+        return 0
+    return pixel_count(finite_number(text, tag, path, "image"), tag, path, text, "image")
 
 
 @dataclass

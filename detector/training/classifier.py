@@ -60,8 +60,7 @@ from detector.core.checkpoints import CheckpointError, imagenet_weights_path
 from detector.core.config import Config
 from detector.core.io import ImageLoadError, load_image
 from detector.core.structures import ClassList, Detections, ImageRecord, Proposals
-from detector.datasets import open_split, with_images
-from detector.datasets.ilsvrc import read_blacklist
+from detector.datasets import open_split, split_blacklist, with_images
 from detector.ensemble import Ensemble
 from detector.nms import per_class_nms
 from detector.training.regions import ImageCache, RegionBatches, build_region_pool
@@ -489,5 +488,6 @@ def validation_map(
     submission = from_detections(
         (rec.index, d) for rec, d in zip(val.records, detections, strict=True)
     )
-    blacklist = read_blacklist(cfg.data.blacklist, classes) if cfg.data.blacklist else ()
+    found = split_blacklist(cfg.data, classes, cfg.data.val_split, val.records)
+    blacklist = found.pairs if found is not None else ()
     return float(evaluate(val.records, submission, len(classes), blacklist, cfg.eval.iou).mAP)

@@ -70,7 +70,9 @@ def image_size(record: ImageRecord) -> tuple[int, int]:
         return record.width, record.height
     from PIL import Image
 
-    with Image.open(record.path) as im:
+    from detector.core.io import ALLOWED_FORMATS
+
+    with Image.open(record.path, formats=ALLOWED_FORMATS) as im:
         return im.width, im.height
 
 

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from detector.core.config import MultiBoxConfig, add_config_args
+from detector.core.config import MultiBoxConfig, add_config_args, parse_args
 from detector.core.runtime import tune_allocator
 
 EXAMPLES = __doc__.split("Examples:", 1)[1]
@@ -75,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     tune_allocator()
     if args.command == "train":
         return train_command(args)

@@ -31,8 +31,12 @@ from torchvision.models import GoogLeNet_Weights, googlenet
 from torchvision.ops import nms
 
 from detector.core.checkpoints import (
+    WARP_RULES,
     CheckpointError,
+    Rule,
+    check_metadata,
     imagenet_weights_path,
+    is_int,
     load_state_strict,
     read_safetensors,
     write_safetensors,
@@ -46,6 +50,11 @@ FEATURE_DIM = 1024  # GoogLeNet's pooled features (inception5b)
 BOX_SCALE = 0.1
 METADATA_KEY = "multibox"
 FORMAT_VERSION = 1
+# What each metadata field must hold (checked on loading: checkpoints are untrusted).
+METADATA_RULES: dict[str, Rule] = {
+    **WARP_RULES,
+    "num_priors": ("an integer >= 1", lambda v: is_int(v, 1)),
+}
 
 
 def build_backbone(pretrained: bool, transform_input: bool = False) -> nn.Module:
@@ -298,6 +307,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     for key in ("num_priors", "input_size", "mean", "std", "transform_input"):
         if key not in meta:
             raise CheckpointError(f"{path}: metadata lacks {key!r}")
+    check_metadata(path, meta, METADATA_RULES)
     return tensors, meta
 
 

@@ -13,6 +13,7 @@ from detector.datasets.classes import DATA_DIR, default_classes
 from detector.datasets.ilsvrc import (
     AnnotationError,
     IlsvrcDet,
+    blacklist_for_split,
     parse_annotation,
     read_blacklist,
     read_image_set,
@@ -103,6 +104,29 @@ def test_missing_split_list(tmp_path):
             "<annotation><size><width>wide</width></size></annotation>",
             "<size/width> is not a number",
         ),
+        (
+            "<annotation><size><width>1e400</width></size></annotation>",
+            "<size/width> is not a finite number",
+        ),
+        (
+            "<annotation><size><height>-3</height></size></annotation>",
+            "<size/height> must be a pixel count",
+        ),
+        (
+            "<annotation><object><name>n01726692</name><bndbox><xmin>nan</xmin><xmax>5</xmax>"
+            "<ymin>1</ymin><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <xmin> is not a finite number",
+        ),
+        (
+            "<annotation><object><name>n01726692</name><bndbox><xmin>1</xmin><xmax>inf</xmax>"
+            "<ymin>1</ymin><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <xmax> is not a finite number",
+        ),
+        (
+            "<annotation><object><name>n01726692</name><bndbox><xmin>1</xmin><xmax>5</xmax>"
+            "<ymin>-1e400</ymin><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <ymin> is not a finite number",
+        ),
     ],
 )
 def test_malformed_xml_names_file_and_field(tmp_path, classes, body, problem):
@@ -144,3 +168,45 @@ def test_image_set_lines(tmp_path):
     path.write_text("a 3\nb c\n")
     with pytest.raises(ValueError, match=r"val.txt:2: expected"):
         read_image_set(path)
+
+
+def _lists(root: Path, val: str | None, **others: str) -> None:
+    sets = root / "ImageSets" / "DET"
+    sets.mkdir(parents=True, exist_ok=True)
+    if val is not None:
+        (sets / "val.txt").write_text(val)
+    for name, text in others.items():
+        (sets / f"{name}.txt").write_text(text)
+
+
+def test_blacklist_on_val_applies_val_indices(tmp_path, classes):
+    _lists(tmp_path, "a 1\nb 2\nc 3\n")
+    bl = tmp_path / "bl.txt"
+    bl.write_text("2 n00007846\n9 n00007846\n")
+    found = blacklist_for_split(bl, classes, tmp_path, "val")
+    assert found.pairs == {(2, classes.id_of("n00007846"))}
+    assert (found.in_file, found.outside, found.mapped_through) == (2, 1, None)
+
+
+def test_blacklist_on_another_list_is_mapped_through_val_names(tmp_path, classes):
+    """R-CNN's val2 numbers its images 1, 2, ... in its own order: the blacklist's val.txt
+    index 2 (image b) is val2's image 1, never val2's line 2 (image d)."""
+    _lists(tmp_path, "a 1\nb 2\nc 3\nd 4\ne 5\n", val2="b 1\nd 2\n")
+    bl = tmp_path / "bl.txt"
+    person, fig = classes.id_of("n00007846"), classes.id_of("n07753275")
+    bl.write_text(f"2 n00007846\n4 {fig}\n5 n00007846\n")
+    found = blacklist_for_split(bl, classes, tmp_path, "val2")
+    assert found.pairs == {(1, person), (2, fig)}
+    assert found.in_file == 3 and found.outside == 1
+    assert found.mapped_through == tmp_path / "ImageSets" / "DET" / "val.txt"
+
+
+def test_blacklist_on_another_list_without_val_txt_is_refused(tmp_path, classes):
+    _lists(tmp_path, None, val2="b 1\nd 2\n")
+    bl = tmp_path / "bl.txt"
+    bl.write_text("2 n00007846\n")
+    with pytest.raises(ValueError) as err:
+        blacklist_for_split(bl, classes, tmp_path, "val2")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{bl}: ")
+    assert "val.txt indices" in msg and "val2" in msg and "data.blacklist=none" in msg

@@ -80,6 +80,20 @@ def test_voc_classes():
             "<xmax>4</xmax></bndbox></object></annotation>",
             "object 0: missing <bndbox/ymax>",
         ),
+        (
+            "<annotation><size><width>1e400</width></size></annotation>",
+            "<size/width> is not a finite number",
+        ),
+        (
+            "<annotation><object><name>dog</name><bndbox><xmin>1</xmin><ymin>nan</ymin>"
+            "<xmax>4</xmax><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <bndbox/ymin> is not a finite number",
+        ),
+        (
+            "<annotation><object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>Infinity</xmax><ymax>3</ymax></bndbox></object></annotation>",
+            "object 0: <bndbox/xmax> is not a finite number",
+        ),
     ],
 )
 def test_voc_malformed_names_file_and_field(voc, body, problem):

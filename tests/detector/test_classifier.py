@@ -152,3 +152,92 @@ def test_load_members_agree_or_fail(tmp_path: Path) -> None:
         load_members([paths[0], other])
     with pytest.raises(CheckpointError, match="no checkpoints"):
         load_members([])
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("good")
+    return save_checkpoint(folder / "good.safetensors", _model(), meta_of())
+
+
+def _tampered(src: Path, dst: Path, meta_update: dict | None = None, tensors=None) -> Path:
+    """``src`` rewritten with some metadata fields replaced, or a tensor edited in place."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = json.loads(f.metadata()["detector"])
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta.update(meta_update or {})
+    if tensors is not None:
+        tensors(state)
+    save_file(state, str(dst), metadata={"detector": json.dumps(meta)})
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("input_size", "abc"),
+        ("input_size", 0),
+        ("input_size", True),
+        ("context_pad", -3),
+        ("context_pad", 200),  # not below input_size / 2
+        ("mean", [1]),
+        ("mean", "abc"),
+        ("std", [0, 0.2, 0.2]),
+        ("std", [0.2, -1, 0.2]),
+        ("std", [0.2, float("nan"), 0.2]),
+        ("classes", ["n01", "n02", "n03"]),
+        ("classes", {"wnids": ["n01", "n02", "n03"]}),
+        ("classes", {"wnids": [1, 2, 3], "names": ["a", "b", "c"]}),
+        ("num_outputs", "4"),
+        ("transform_input", "yes"),
+    ],
+)
+def test_bad_metadata_is_a_checkpoint_error_naming_file_and_field(
+    good_checkpoint, tmp_path, field, value
+) -> None:
+    bad = _tampered(good_checkpoint, tmp_path / "bad.safetensors", {field: value})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    msg = str(info.value)
+    assert msg.startswith(f"{bad}: ") and f"'{field}'" in msg and "\n" not in msg
+
+
+def test_bad_metadata_of_one_member_names_that_member(good_checkpoint, tmp_path) -> None:
+    bad = _tampered(good_checkpoint, tmp_path / "bad.safetensors", {"input_size": "abc"})
+    with pytest.raises(CheckpointError, match=f"^{bad}: metadata 'input_size'"):
+        load_members([good_checkpoint, bad])
+
+
+def test_non_finite_weights_are_a_checkpoint_error(good_checkpoint, tmp_path) -> None:
+    good = good_checkpoint
+
+    def poison(state):
+        state["fc.weight"][0, 0] = float("nan")
+
+    bad = _tampered(good, tmp_path / "nan.safetensors", tensors=poison)
+    with pytest.raises(CheckpointError, match=r"nan.safetensors: tensor 'fc.weight' holds NaN"):
+        load_checkpoint(bad)
+    state = _model().state_dict()
+    state["inception3a.branch1.bn.running_var"][:] = float("inf")
+    torch.save(state, tmp_path / "inf.pt")
+    with pytest.raises(
+        CheckpointError, match=r"inf.pt: tensor 'inception3a.branch1.bn.running_var'"
+    ):
+        load_checkpoint(tmp_path / "inf.pt")
+
+
+def test_a_member_with_another_class_count_is_refused(tmp_path) -> None:
+    three = save_checkpoint(tmp_path / "m3.safetensors", _model(outputs=4), meta_of())
+    four = ClassList(["n01", "n02", "n03", "n04"], list("abcd"))
+    meta4 = checkpoint_metadata(four, warp(), config_digest="", member=1, seed=1)
+    other = save_checkpoint(tmp_path / "m4.safetensors", _model(outputs=5), meta4)
+    torch.save(_model(outputs=5).state_dict(), tmp_path / "bare4.pt")
+    for odd in (other, tmp_path / "bare4.pt"):
+        with pytest.raises(CheckpointError, match=r"members must agree") as info:
+            load_members([three, odd])
+        assert str(info.value).startswith(f"{odd}: ")

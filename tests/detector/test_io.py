@@ -147,6 +147,42 @@ def test_empty_text_missing_directory(tmp_path):
     assert "directory" in _error(tmp_path / "dir.png")
 
 
+_EPS = (
+    "%!PS-Adobe-3.0 EPSF-3.0\n"
+    "%%BoundingBox: 0 0 16 16\n"
+    "%%EndComments\n"
+    "newpath 0 0 moveto 16 0 lineto 16 16 lineto closepath fill\n"
+    "showpage\n"
+    "%%EOF\n"
+)
+
+
+def test_postscript_named_jpg_never_reaches_ghostscript(tmp_path, monkeypatch):
+    """An EPS file named .jpg is refused by format; Pillow's EPS plugin (which runs the
+    Ghostscript interpreter) is never asked to decode it."""
+    from PIL import EpsImagePlugin
+
+    marker = tmp_path / "gs_ran"
+    fake_gs = tmp_path / "gs"
+    fake_gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake_gs.chmod(0o755)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", str(fake_gs))
+    (tmp_path / "photo.jpg").write_text(_EPS)
+    msg = _error(tmp_path / "photo.jpg")
+    assert "not an image" in msg and "JPEG" in msg
+    assert not marker.exists()
+
+
+def test_formats_outside_the_allowlist_are_refused(tmp_path):
+    Image.fromarray(_rgb()).save(tmp_path / "a.tga")  # Pillow decodes TGA, we do not
+    (tmp_path / "b.jpg").write_bytes((tmp_path / "a.tga").read_bytes())
+    assert "not an image" in _error(tmp_path / "b.jpg")
+    for ext in ("bmp", "tiff", "webp", "gif", "ppm", "pgm", "pbm"):
+        mode = "1" if ext == "pbm" else "L" if ext == "pgm" else "RGB"
+        Image.fromarray(_rgb()).convert(mode).save(tmp_path / f"ok.{ext}")
+        assert load_image(tmp_path / f"ok.{ext}").shape == (12, 16, 3)
+
+
 def _png_claiming_size(path: Path, width: int, height: int) -> None:
     """A small real PNG whose IHDR (with a valid CRC) claims ``width x height``."""
     Image.fromarray(_rgb(8, 8)).save(path)

@@ -156,3 +156,47 @@ def test_bad_inputs_fail_clearly() -> None:
         warp_regions(
             np.zeros((10, 10, 3), np.uint8), np.zeros((1, 4), np.float32), WARP, method="x"
         )
+
+
+def test_huge_boxes_never_make_the_warp_allocate_beyond_the_image() -> None:
+    """A +-1e7 box (from a tampered cache entry, say) once asked for a 4.8 PB crop."""
+    import tracemalloc
+
+    image = np.ascontiguousarray(data.astronaut()[::4, ::4])  # 128 x 128
+    boxes = np.array(
+        [[-1e7, -1e7, 1e7, 1e7], [0, 0, 1e7, 5], [-1e7, 10, 50, 60], [1e7, 1e7, 1.1e7, 1.2e7]],
+        np.float32,
+    )
+    tracemalloc.start()
+    try:
+        crops = warp_regions(image, boxes, WARP)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 4 * image.size + 10 * S * S * 3 * 4 * len(boxes)  # ~ the float image
+    ref = _reference(image, boxes, S, P, clamp=True)
+    assert np.abs(crops.permute(0, 2, 3, 1).numpy() - ref).max() < TOL
+    assert np.all(crops[-1].numpy() == 0)
+
+
+def test_non_finite_boxes_are_refused() -> None:
+    image = np.zeros((10, 10, 3), np.uint8)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="finite"):
+            warp_regions(image, np.array([[0, 0, bad, 5]], np.float32), WARP)
+
+
+def test_sampled_crop_equals_cv2_resize_of_the_crop() -> None:
+    """The path for crops larger than the image reads the same samples as cv2.resize."""
+    import cv2
+
+    from detector.warp import _sample_crop, _zero_padded_crop
+
+    norm = normalise_image(data.coffee()[::3, ::3], IMAGENET_MEAN, IMAGENET_STD, pad=3)
+    for x1, y1, x2, y2 in [(-50, -20, 300, 190), (10, 5, 40, 17), (0, 0, 7, 300), (-9, 3, 2, 4)]:
+        want = cv2.resize(
+            _zero_padded_crop(norm, x1, y1, x2, y2), (S, S), interpolation=cv2.INTER_LINEAR
+        )
+        got = np.empty((S, S, 3), np.float32)
+        _sample_crop(norm, x1, y1, x2, y2, got)
+        assert np.abs(got - want).max() < 1e-5

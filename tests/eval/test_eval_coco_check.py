@@ -54,3 +54,27 @@ def test_empty_inputs():
     check = coco_ap50(gt, SubmissionArrays(), 3)
     assert np.isnan(check.ap[0]) and check.ap[1] == 0.0 and check.mAP == 0.0
     assert coco_ap50([], SubmissionArrays(), 2).mAP == 0.0
+
+
+def test_faster_coco_eval_gives_the_figures_of_pycocotools():
+    import pytest
+
+    from eval.coco_check import available_backends
+
+    if "faster-coco-eval" not in available_backends():
+        pytest.skip("faster-coco-eval (the optional extra inception-rcnn[fast]) not installed")
+    for seed in range(3):
+        gt, dets = random_large_case(seed)
+        fast = coco_ap50(gt, dets, 3, blacklist={(1, 1)}, backend="faster-coco-eval")
+        slow = coco_ap50(gt, dets, 3, blacklist={(1, 1)}, backend="pycocotools")
+        assert (fast.backend, slow.backend) == ("faster-coco-eval", "pycocotools")
+        np.testing.assert_allclose(fast.ap, slow.ap, rtol=0, atol=1e-12)
+        assert fast.mAP == slow.mAP
+
+
+def test_the_preferred_backend_is_the_first_installed(monkeypatch):
+    import eval.coco_check as cc
+
+    gt, dets = random_large_case(1)
+    monkeypatch.setattr(cc, "available_backends", lambda: ["pycocotools"])
+    assert coco_ap50(gt, dets, 3).backend == "pycocotools"

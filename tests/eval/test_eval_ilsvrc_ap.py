@@ -137,19 +137,76 @@ def test_blacklisted_detections_ignored_and_objects_not_counted():
 
 def test_blacklist_is_per_class():
     gt = [image(1, [BIG, BIG], [1, 2])]
-    r = evaluate(gt, dets((1, 1, 0.9, *BIG), (1, 2, 0.9, *BIG)), 2, blacklist={(1, 2)})
+    r = evaluate(gt, dets((1, 1, 0.9, *BIG)), 2, blacklist={(1, 2)})
     assert r.ap.tolist() == [1.0, 0.0]
     assert r.npos.tolist() == [1, 0]
     assert r.degenerate == [2]
 
 
-def test_class_without_positives_is_degenerate_not_a_crash():
-    gt = [image(1, [BIG], [1])]
-    r = evaluate(gt, dets((1, 1, 0.9, *BIG), (1, 3, 0.9, *BIG)), 3)
-    assert r.ap.tolist() == [1.0, 0.0, 0.0]
-    assert r.degenerate == [2, 3]
-    assert r.mAP == pytest.approx(1 / 3)
-    assert r.to_json()["degenerate_classes"] == [2, 3]
+# ---- degenerate classes, as the devkit computes them -----------------------------------------
+# Ground truth of class 1 on image 1 and class 3 on image 2; class 2 has no object, and the
+# class list has 5 classes. K = 3, the largest class id in the ground truth.
+DEGENERATE_GT = [image(1, [BIG], [1]), image(2, [BIG], [3])]
+TWO_HITS = [(1, 1, 0.9, *BIG), (2, 3, 0.8, *BIG)]
+
+
+def test_k_is_the_largest_ground_truth_class_not_the_class_list():
+    """Class list of 5: classes 4 and 5 are above K = 3 and not evaluated (a detection of
+    class 4 neither counts nor makes a class of its own); the devkit's mAP is 2/3, not 2/5."""
+    r = evaluate(DEGENERATE_GT, dets(*TWO_HITS, (1, 4, 0.95, *BIG)), 5)
+    assert r.num_classes == 3
+    assert r.ap.tolist() == [1.0, 0.0, 1.0]
+    assert r.mAP == pytest.approx(2 / 3)
+    assert r.settings["num_detections_above_k"] == 1 and r.settings["num_detections"] == 3
+
+
+def test_class_without_positives_or_detections_has_ap_0():
+    r = evaluate(DEGENERATE_GT, dets(*TWO_HITS), 5)
+    assert r.ap.tolist() == [1.0, 0.0, 1.0] and r.degenerate == [2]
+    assert r.mAP == pytest.approx(2 / 3) and r.mAP_reason is None
+    assert r.mAP_with_positives == 1.0  # (1 + 1) / 2
+
+
+def test_class_without_positives_but_with_a_detection_has_ap_nan_and_so_has_the_map():
+    """The devkit's recall is 0/0 = NaN for that class: its AP is NaN, and the mean too."""
+    r = evaluate(DEGENERATE_GT, dets(*TWO_HITS, (1, 2, 0.1, *BIG)), 5)
+    assert r.ap[0] == 1.0 and np.isnan(r.ap[1]) and r.ap[2] == 1.0
+    assert np.isnan(r.mAP)
+    assert r.mAP_reason == "class 2 has detections but no positives"
+    assert r.nan_classes == [2]
+    assert r.mAP_with_positives == 1.0
+    report = r.to_json()
+    assert report["mAP"] is None and report["mAP_reason"] == r.mAP_reason
+    assert report["mAP_classes_with_positives"] == 1.0
+    assert report["classes"][1]["ap"] is None and report["nan_classes"] == [2]
+
+
+def test_a_blacklisted_detection_of_a_class_without_positives_also_makes_nan():
+    """Class 2's only object and its only detection are blacklisted: npos 0, one (ignored)
+    detection: NaN, as in the devkit, whose ignored rows stay in the ranking."""
+    gt = [image(1, [BIG, BIG], [1, 2])]
+    r = evaluate(gt, dets((1, 1, 0.9, *BIG), (1, 2, 0.9, *BIG)), 2, blacklist={(1, 2)})
+    assert r.ap[0] == 1.0 and np.isnan(r.ap[1])
+    assert r.npos.tolist() == [1, 0] and r.num_dets.tolist() == [1, 0]
+    assert r.num_ignored.tolist() == [0, 1]
+    assert np.isnan(r.mAP) and r.mAP_with_positives == 1.0
+    two = evaluate(
+        gt + [image(2, [BIG], [2])],
+        dets((1, 2, 0.9, *BIG), (2, 1, 0.8, *BIG)),
+        2,
+        blacklist={(1, 2), (2, 2)},
+    )
+    assert np.isnan(two.ap).tolist() == [False, True]
+    assert two.mAP_reason == "class 2 has detections but no positives"
+    several = evaluate(DEGENERATE_GT, dets(*TWO_HITS, (1, 2, 0.1, *BIG)), 5, blacklist={(2, 3)})
+    assert several.mAP_reason == "classes 2, 3 have detections but no positives"
+
+
+def test_no_ground_truth_at_all_gives_k_0_and_nan():
+    r = evaluate([image(1)], dets(), 3)
+    assert r.num_classes == 0 and np.isnan(r.mAP)
+    assert r.mAP_reason == "the ground truth has no objects (K = 0)"
+    assert r.to_json()["mAP"] is None
 
 
 def test_image_without_objects_gives_false_positives():
@@ -161,14 +218,14 @@ def test_image_without_objects_gives_false_positives():
 
 def test_empty_submission():
     r = evaluate([image(1, [BIG], [1])], dets(), 2)
-    assert r.ap.tolist() == [0.0, 0.0]
-    assert r.num_dets.tolist() == [0, 0]
+    assert r.ap.tolist() == [0.0]  # K = 1
+    assert r.num_dets.tolist() == [0]
     assert r.mAP == 0.0
 
 
 def test_no_ground_truth_at_all():
     r = evaluate([], dets(), 3)
-    assert r.ap.tolist() == [0.0] * 3 and r.degenerate == [1, 2, 3]
+    assert r.ap.tolist() == [] and r.degenerate == []
     assert evaluate([], dets()).num_classes == 0  # K from the ground truth: none
 
 
@@ -277,9 +334,10 @@ def devkit_reference(gt, d: SubmissionArrays, k: int, blacklist, iou=0.5) -> np.
     ap = np.zeros(k)
     for c in range(1, k + 1):
         ctp, cfp = np.cumsum(tp_all[labels == c]), np.cumsum(fp_all[labels == c])
-        if npos[c] > 0:  # ignored rows stay, as in the devkit (0/0 precision -> NaN)
-            with np.errstate(invalid="ignore"):
-                ap[c - 1] = voc_ap(ctp / npos[c], ctp / (ctp + cfp))
+        # ignored rows stay, as in the devkit (0/0 precision -> NaN); npos = 0 gives 0/0
+        # recall, hence NaN AP, when the class has any row, and AP 0 when it has none
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ap[c - 1] = voc_ap(ctp / npos[c], ctp / (ctp + cfp))
     return ap
 
 
@@ -313,7 +371,9 @@ def test_matches_literal_devkit_loops(seed):
     gt, d = random_case(rng, n_images=12, k=4, n_dets=150)
     blacklist = {(int(rng.integers(1, 13)), int(rng.integers(1, 5))) for _ in range(3)}
     r = evaluate(gt, d, 4, blacklist=blacklist)
-    np.testing.assert_allclose(r.ap, devkit_reference(gt, d, 4, blacklist), rtol=0, atol=1e-12)
+    k = max(int(lab) for rec in gt for lab in rec.labels)  # the devkit's K
+    d = d.take(d.class_id <= k)  # its loop over classes ends at K
+    np.testing.assert_allclose(r.ap, devkit_reference(gt, d, k, blacklist), rtol=0, atol=1e-12)
 
 
 def large_case(rng: np.random.Generator, n_images: int, k: int, per_image: int):

@@ -55,21 +55,54 @@ def test_scores_file_prints_table_and_writes_json(tree, tmp_path, capsys):
     out = tmp_path / "report" / "map.json"
     assert run(tree, tmp_path, lines, "--json", str(out), "--plot-pr", str(tmp_path / "pr")) == 0
     text = capsys.readouterr().out
-    # cat: TP FP TP, npos 2 -> AP = 0.5 * 1 + 0.5 * 2/3; dog 1.0; class 3 degenerate (0)
+    # cat: TP FP TP, npos 2 -> AP = 0.5 * 1 + 0.5 * 2/3; dog 1.0. K = 2, the largest class
+    # id in the ground truth (the class list has 3): class 3 is not evaluated.
     cat_ap = 0.5 + 0.5 * 2 / 3
-    assert "mAP: " + f"{100 * (cat_ap + 1.0) / 3:.2f}%" in text
-    assert "degenerate classes (no positives; AP counted as 0): 3" in text
+    assert f"mAP: {100 * (cat_ap + 1.0) / 2:.2f}% (devkit: mean over classes 1..2;" in text
+    assert f"mean AP over the 2 classes with positives: {100 * (cat_ap + 1.0) / 2:.2f}%" in text
     assert "pycocotools AP@0.5 (cross-check" in text
     table = [ln.split() for ln in text.splitlines() if ln.split()[:1] in (["1"], ["2"], ["3"])]
-    assert [row[0] for row in table] == ["2", "1", "3"]  # sorted by AP
+    assert [row[0] for row in table] == ["2", "1"]  # sorted by AP
     report = json.loads(out.read_text())
-    assert report["mAP"] == pytest.approx((cat_ap + 1.0) / 3)
+    assert report["mAP"] == pytest.approx((cat_ap + 1.0) / 2) and report["mAP_reason"] is None
+    assert report["mAP_classes_with_positives"] == report["mAP"]
+    assert report["num_classes"] == 2
     cat = report["classes"][0]
     assert (cat["wnid"], cat["name"], cat["npos"], cat["num_dets"]) == ("n01", "cat", 2, 3)
-    assert report["classes"][2]["degenerate"] is True
     assert report["settings"]["split"] == "val"
     assert report["coco_check"]["ap"][2] is None
     assert sorted(p.name for p in (tmp_path / "pr").iterdir()) == ["001_n01.png", "002_n02.png"]
+
+
+def test_nan_map_is_printed_with_its_reason_and_null_in_json(tree, tmp_path, capsys):
+    """The dog (class 2) of image 1 is blacklisted, so the class has no positives; its
+    detection (also blacklisted) makes its AP NaN, and the devkit's mAP NaN."""
+    bl = tmp_path / "bl.txt"
+    bl.write_text("1 n02\n")
+    lines = "1 1 0.9 0 0 99 99\n2 1 0.8 10 10 109 109\n1 2 0.6 150 50 249 149\n"
+    out = tmp_path / "map.json"
+    assert (
+        run(tree, tmp_path, lines, "--blacklist", str(bl), "--no-coco-check", "--json", str(out))
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert (
+        "mAP: nan (devkit: mean over classes 1..2: class 2 has detections but no positives;" in text
+    )
+    assert "mean AP over the 1 classes with positives: 100.00%" in text
+    report = json.loads(out.read_text())
+    assert report["mAP"] is None
+    assert report["mAP_reason"] == "class 2 has detections but no positives"
+    assert report["mAP_classes_with_positives"] == 1.0
+    assert report["classes"][1]["ap"] is None and report["classes"][1]["num_ignored"] == 1
+
+
+def test_detections_above_k_are_noted_not_scored(tree, tmp_path, capsys):
+    lines = "1 1 0.9 0 0 99 99\n2 1 0.8 10 10 109 109\n1 2 0.6 150 50 249 149\n1 3 0.9 0 0 9 9\n"
+    assert run(tree, tmp_path, lines, "--no-coco-check") == 0
+    text = capsys.readouterr().out
+    assert "mAP: 100.00% (devkit: mean over classes 1..2;" in text
+    assert "note: 1 detections of classes above K = 2" in text
 
 
 def test_blacklist_file(tree, tmp_path, capsys):
@@ -91,9 +124,43 @@ def test_blacklist_file(tree, tmp_path, capsys):
     assert "pycocotools" not in text
 
 
-def test_empty_submission(tree, tmp_path, capsys):
+def test_blacklist_on_val2_maps_through_val_txt_names(tree, tmp_path, capsys):
+    """val2 lists b, then d: the blacklist's val.txt index 2 (b) is val2's image 1. Before,
+    its pair landed on val2's line 2 (d) and hit nothing, while b's cat stayed counted."""
+    (tree / "Annotations" / "DET" / "val2").symlink_to(tree / "Annotations" / "DET" / "val")
+    sets = tree / "ImageSets" / "DET"
+    (sets / "val.txt").write_text("a 1\nb 2\nc 3\nd 4\n")
+    (tree / "Annotations" / "DET" / "val" / "d.xml").write_text(xml("d", [("n02", 0, 0, 99, 99)]))
+    (sets / "val2.txt").write_text("b 1\nd 2\n")
+    bl = tmp_path / "bl.txt"
+    bl.write_text("2 n01\n4 n02\n1 n01\n")  # b's cat, d's dog, and a (not in val2)
+    lines = "1 1 0.9 10 10 109 109\n2 2 0.8 0 0 99 99\n"
+    out = tmp_path / "map.json"
+    argv = ["--split", "val2", "--blacklist", str(bl), "--no-coco-check", "--json", str(out)]
+    assert run(tree, tmp_path, lines, *argv) == 0
+    text = capsys.readouterr().out
+    assert "2 of its 3 image/class pairs on this split's images, mapped through" in text
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["num_ignored_ground_truths"] == 2 and settings["num_ignored_detections"] == 2
+    (sets / "val.txt").unlink()
+    assert run(tree, tmp_path, lines, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "val.txt indices" in err and "val2" in err
+
+
+def test_empty_submission_scores_with_a_warning(tree, tmp_path, capsys):
     assert run(tree, tmp_path, "", "--no-coco-check") == 0
-    assert "mAP: 0.00% over 3 classes" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "mAP: 0.00%" in out
+    assert f"warning: {tmp_path / 'sub.txt'}: no detections (empty submission)" in err
+
+
+def test_overrides_after_an_option(tree, tmp_path, capsys):
+    """``--split val inference.nms_iou=0.4 --no-coco-check eval.iou=0.5``: once "unrecognized"."""
+    lines = "1 1 0.9 0 0 99 99\n"
+    assert run(tree, tmp_path, lines, "eval.iou=0.4", "--no-coco-check", "eval.iou=0.5") == 0
+    out = capsys.readouterr().out
+    assert "mAP: " in out and "pycocotools" not in out
 
 
 @pytest.mark.parametrize(
@@ -120,6 +187,39 @@ def test_malformed_annotation_exits_2(tree, tmp_path, capsys):
     assert "b.xml: not a readable XML annotation" in capsys.readouterr().err
 
 
+def test_overflowing_size_or_nan_box_exits_2_naming_file_and_field(tree, tmp_path, capsys):
+    """``<width>1e400</width>`` once escaped as an OverflowError traceback."""
+    b = tree / "Annotations" / "DET" / "val" / "b.xml"
+    b.write_text(xml("b", []).replace("<width>300</width>", "<width>1e400</width>"))
+    assert run(tree, tmp_path, "") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eval.map: error: ") and len(err.splitlines()) == 1
+    assert f"{b}: <size/width> is not a finite number" in err
+    b.write_text(
+        xml("b", [("n01", 10, 10, 109, 109)]).replace("<xmax>109</xmax>", "<xmax>nan</xmax>")
+    )
+    assert run(tree, tmp_path, "") == 2
+    assert f"{b}: object 0: <xmax> is not a finite number" in capsys.readouterr().err
+
+
+def test_cross_check_is_opt_in_above_the_size_limit(tree, tmp_path, capsys):
+    """3 images > eval.coco_check_max_images=2: skipped with a note unless --coco-check."""
+    lines = "1 1 0.9 0 0 99 99\n"
+    out = tmp_path / "map.json"
+    assert run(tree, tmp_path, lines, "eval.coco_check_max_images=2", "--json", str(out)) == 0
+    text, err = capsys.readouterr()
+    assert "pycocotools AP@0.5" not in text
+    assert "note: cross-check skipped: 3 images > eval.coco_check_max_images 2" in err
+    assert "--coco-check" in err
+    assert "skipped" in json.loads(out.read_text())["coco_check"]
+    assert run(tree, tmp_path, lines, "eval.coco_check_max_images=2", "--coco-check") == 0
+    assert "pycocotools AP@0.5 (cross-check" in capsys.readouterr().out
+    assert run(tree, tmp_path, lines, "eval.coco_check_max_images=3") == 0  # at the limit: runs
+    assert "pycocotools AP@0.5 (cross-check" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run(tree, tmp_path, lines, "--coco-check", "--no-coco-check")
+
+
 def test_help_mentions_every_flag(capsys):
     with pytest.raises(SystemExit):
         eval_map.main(["--help"])
@@ -133,6 +233,7 @@ def test_help_mentions_every_flag(capsys):
         "--json",
         "--plot-pr",
         "--no-coco-check",
+        "--coco-check",
         "--config",
     ):
         assert flag in text
@@ -206,7 +307,8 @@ def test_real_root_without_checkpoints_never_uses_the_demo_models(
     err = capsys.readouterr().err
     assert f"no ensemble checkpoints for data root {tree}" in err
     assert "model.checkpoint_dir" in err and "python -m detector.train --config ilsvrc2014" in err
-    assert len(err.strip().splitlines()) == 1
+    errors = [ln for ln in err.strip().splitlines() if not ln.startswith("note: ")]
+    assert len(errors) == 1  # and a note: the 3-class tree drops the ILSVRC blacklist
     assert eval_map.main(argv) == 2  # MultiBox on: it needs its own checkpoint too
     assert "no ensemble checkpoints" in capsys.readouterr().err
 

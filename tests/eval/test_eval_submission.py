@@ -58,6 +58,15 @@ def test_bad_line_names_file_and_line(tmp_path, text, problem):
     assert problem in str(err.value)
 
 
+def test_a_huge_token_is_cut_in_the_message(tmp_path):
+    token = "9" * 200 + "x" * 5_000_000
+    path = write(tmp_path, f"1 1 {token} 0 0 9 9\n")
+    with pytest.raises(ValueError) as err:
+        read_submission(path, num_classes=3)
+    assert str(err.value).startswith(f"{path}:1: score is not a number: '999")
+    assert len(str(err.value)) < len(str(path)) + 300
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         read_submission(tmp_path / "nope.txt", 3)

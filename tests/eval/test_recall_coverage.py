@@ -74,3 +74,37 @@ def test_report_says_none_for_a_size_without_objects() -> None:
     row = next(line for line in text.splitlines() if line.startswith("selective_search"))
     assert row.split()[-3:] == ["none", "none", "1.000"]
     assert "small 0, medium 0, large 1" in text
+
+
+def test_recall_command_skips_an_unreadable_image_and_goes_on(tiny_tree, tmp_path, capsys):
+    """``python -m eval.recall`` on a tree whose first val image is corrupt: one line about
+    it, and coverage of the other images (``detector.run`` also goes on)."""
+    import json
+    import shutil
+
+    from eval import recall
+
+    root = tmp_path / "tree"
+    shutil.copytree(tiny_tree, root)
+    images = sorted((root / "Data" / "DET" / "val").iterdir())
+    images[0].write_bytes(b"not a JPEG at all")
+    out = tmp_path / "recall.json"
+    argv = [
+        "--data-root",
+        str(root),
+        "--split",
+        "val",
+        "--workers",
+        "1",
+        "--json",
+        str(out),
+        "proposals.multibox.enabled=false",
+        "proposals.selective_search.cache_dir=none",
+        "proposals.selective_search.resize_width=100",
+        "proposals.selective_search.min_side=30",
+    ]
+    assert recall.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"eval.recall: skipping {images[0]}: not an image" in err
+    report = json.loads(out.read_text())
+    assert report["settings"]["images"] == len(images) - 1 >= 1

@@ -146,3 +146,67 @@ def test_default_cache_dir_and_disabled_search(tmp_path, monkeypatch):
     assert gen.ss_settings is None
     assert gen.cache.directory == ProposalCache(tmp_path / "cache" / "proposals").directory
     assert len(gen(np.zeros((0, 0, 3), np.uint8))) == 0
+
+
+def _unwritable_cache(tmp_path, monkeypatch, how):
+    if (
+        how == "read_only"
+    ):  # the tests run as root, who may write anywhere: a file blocks the folder
+        (tmp_path / "blocked").write_text("a file where the cache folder's parent should be")
+        return tmp_path / "blocked" / "proposals"
+    import errno
+
+    import proposals.cache
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(proposals.cache.np, "savez_compressed", full)
+    return tmp_path / "full"
+
+
+@pytest.mark.parametrize("how", ["read_only", "full"])
+def test_unwritable_cache_warns_once_and_goes_on(image, tmp_path, monkeypatch, how):
+    """A read-only or full proposal cache once failed every image; now one warning naming
+    the folder, and the proposals are computed as if there were no cache."""
+    import warnings
+
+    folder = _unwritable_cache(tmp_path, monkeypatch, how)
+    cfg = _config(
+        **{
+            "proposals.multibox.enabled": "false",
+            "proposals.selective_search.cache_dir": str(folder),
+        }
+    )
+    gen = ProposalGenerator.from_config(cfg)
+    expected = selective_search(image, **gen.ss_settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for im in (image, image[::-1].copy(), image):
+            assert len(gen(im)) > 0
+        many = gen.propose_many([image[:, ::-1].copy()], workers=1)
+    np.testing.assert_array_equal(gen(image).boxes, expected)
+    assert len(many[0]) > 0
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(f"{folder}: ") and "without caching" in messages[0]
+    assert "\n" not in messages[0]
+    assert not list(folder.parent.glob("**/*.tmp"))
+
+
+def test_tampered_cache_entry_is_recomputed(image, tmp_path):
+    """A cache entry with +-1e7 boxes (a 6 PiB warp) is corrupt: recomputed, not used."""
+    cfg = _config(
+        **{
+            "proposals.multibox.enabled": "false",
+            "proposals.selective_search.cache_dir": str(tmp_path),
+        }
+    )
+    gen = ProposalGenerator.from_config(cfg)
+    key = cache_key(image, gen.ss_settings)
+    huge = np.array([[-1e7, -1e7, 1e7, 1e7]], np.float32)
+    gen.cache.put(key, type(gen(image))(huge, [np.nan], [SS]))
+    with pytest.warns(RuntimeWarning, match="corrupt proposal cache entry"):
+        out = gen(image)
+    np.testing.assert_array_equal(out.boxes, selective_search(image, **gen.ss_settings))
+    assert gen.cache.get(key) is not None  # stored again, clean

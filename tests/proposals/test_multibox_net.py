@@ -168,3 +168,45 @@ def test_propose_command(net, tmp_path, capsys):
     assert rec["image"].endswith("a.png") and 1 <= len(rec["boxes"]) <= 2
     assert main(["propose", "--checkpoint", str(tmp_path / "none.safetensors"), "x.png"]) == 2
     assert main(["propose", "--checkpoint", str(path), str(tmp_path / "missing.png")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("input_size", "abc"),
+        ("input_size", -5),
+        ("num_priors", 2.5),
+        ("mean", [1]),
+        ("std", [0, 1, 1]),
+        ("std", [1, 1, float("inf")]),
+        ("transform_input", "no"),
+    ],
+)
+def test_bad_metadata_is_a_checkpoint_error_naming_file_and_field(net, tmp_path, field, value):
+    path = save_checkpoint(
+        tmp_path / "mb.safetensors", net, input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
+    tensors = load_file(str(path))
+    meta = {"num_priors": 4, "input_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    meta.update({"transform_input": False, field: value})
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"multibox": json.dumps(meta)})
+    with pytest.raises(CheckpointError) as info:
+        MultiBox.from_checkpoint(bad, top_k=200, nms_iou=0.7)
+    msg = str(info.value)
+    assert msg.startswith(f"{bad}: ") and f"'{field}'" in msg and "\n" not in msg
+
+
+def test_non_finite_weights_or_priors_are_a_checkpoint_error(net, tmp_path):
+    path = save_checkpoint(
+        tmp_path / "mb.safetensors", net, input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
+    meta = {"num_priors": 4, "input_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    meta["transform_input"] = False
+    for name in ("priors", "head.weight"):
+        tensors = load_file(str(path))
+        tensors[name].view(-1)[0] = float("nan")
+        bad = tmp_path / "nan.safetensors"
+        save_file(tensors, str(bad), metadata={"multibox": json.dumps(meta)})
+        with pytest.raises(CheckpointError, match=rf"nan.safetensors: tensor '{name}' holds NaN"):
+            MultiBox.from_checkpoint(bad, top_k=200, nms_iou=0.7)

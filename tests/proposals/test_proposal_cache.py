@@ -106,3 +106,39 @@ def test_bad_key_is_refused(tmp_path):
         cache.get("../../etc/passwd")
     with pytest.raises(ValueError, match="sha256"):
         cache.put("abc", Proposals())
+
+
+@pytest.mark.parametrize(
+    "boxes",
+    [
+        [[0, 0, np.nan, 10]],
+        [[0, 0, np.inf, 10]],
+        [[-1e7, -1e7, 1e7, 1e7]],  # the 6 PiB warp
+        [[0, 0, 501, 10]],  # beyond the 500 x 250 image
+        [[-0.5, 0, 10, 10]],
+        [[5, 0, 4, 10]],  # x2 < x1
+        [0, 0, 10, 10, 0, 0, 5, 5],  # not N x 4
+    ],
+)
+def test_entry_with_bad_boxes_is_corrupt(tmp_path, boxes):
+    cache = ProposalCache(tmp_path)
+    key = cache_key(small_image(), DOUBLED)
+    path = cache.path(key)
+    path.parent.mkdir(parents=True)
+    n = np.asarray(boxes).size // 4
+    np.savez(
+        path,
+        boxes=np.asarray(boxes, np.float32),
+        scores=np.full(n, np.nan, np.float32),
+        source=np.zeros(n, np.uint8),
+    )
+    with pytest.warns(RuntimeWarning, match="corrupt proposal cache entry"):
+        assert cache.get(key, image_size=(500, 250)) is None
+    assert not path.exists()
+
+
+def test_entry_inside_the_image_is_kept(tmp_path):
+    cache = ProposalCache(tmp_path)
+    key = cache_key(small_image(), DOUBLED)
+    cache.put(key, Proposals(np.array([[0, 0, 500, 250]], np.float32), [np.nan], [0]))
+    assert len(cache.get(key, image_size=(500, 250))) == 1

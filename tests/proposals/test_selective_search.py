@@ -13,6 +13,7 @@ from proposals.selective_search import (
     DOUBLED,
     RCNN_FAST,
     _filter_and_map,
+    _resized_size,
     canonical_boxes,
     selective_search,
     settings_from_config,
@@ -135,8 +136,30 @@ def test_bad_input_is_a_clear_error():
         selective_search(two_squares(), color_spaces=("xyz",))
     with pytest.raises(ValueError, match="strategy"):
         selective_search(two_squares(), strategies=("color+shape",))
-    with pytest.raises(ValueError, match="pixels"):
-        selective_search(np.zeros((5000, 10), np.uint8))  # upscaled to 500x250000
+    with pytest.raises(ValueError, match="max_side"):
+        selective_search(two_squares(), max_side=0)
+
+
+def test_resized_long_side_is_capped_width_rule_kept_otherwise():
+    assert _resized_size(500, 375, 500, 5000) == (500, 375)
+    assert _resized_size(375, 500, 500, 5000) == (500, 667)
+    assert _resized_size(20, 10000, 224, 5000) == (10, 5000)  # not 224x112000
+    assert _resized_size(10000, 20, 224, 150) == (150, 1)  # a wide strip's width too
+    assert _resized_size(100, 4000, 224, 1000) == (25, 1000)
+
+
+def test_tall_strip_is_searched_not_refused():
+    """A 20x10000 strip (0.2 MP) once failed: "resized to width 224 is 224x112000"."""
+    strip = np.zeros((10000, 20, 3), np.uint8)
+    assert selective_search(strip, resize_width=224).shape == (0, 4)  # 10 px wide: no box
+    strip = np.full((4000, 100, 3), 90, np.uint8)
+    strip[1000:2000, 20:80] = (250, 30, 30)
+    boxes = selective_search(strip, resize_width=224, max_side=1000, min_side=10)
+    assert len(boxes) > 0
+    assert (boxes[:, 2] <= 100).all() and (boxes[:, 3] <= 4000).all()
+    assert [0, 1000, 100, 2000] in boxes.round().tolist() or any(
+        abs(b[1] - 1000) <= 40 and abs(b[3] - 2000) <= 40 for b in boxes.tolist()
+    )
 
 
 def test_filter_and_map_hand_computed():

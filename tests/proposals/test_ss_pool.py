@@ -76,3 +76,62 @@ def test_from_config():
     assert pool.settings == settings_from_config(cfg.proposals.selective_search)
     assert pool.settings["ks"] == cfg.proposals.selective_search.ks
     assert "cache_dir" not in pool.settings and "workers" not in pool.settings
+
+
+_PARENT = """
+import sys, time
+import numpy as np
+from proposals.pool import SelectiveSearchPool
+
+if __name__ == "__main__":
+    with SelectiveSearchPool(2, resize_width=40, min_side=5) as pool:
+        list(pool.map([np.zeros((20, 20, 3), np.uint8)] * 4))
+        print(" ".join(str(pid) for pid in pool._executor._processes), flush=True)
+        time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaps counts as gone)."""
+    from pathlib import Path
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    """kill -9 of the parent once left every worker (~75 MB each) running forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], cwd=root, env=env, stdout=subprocess.PIPE, text=True
+    )
+    workers: list[int] = []
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in workers if _alive(p)], "workers outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in workers:  # only the processes this test started
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
