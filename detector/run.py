@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(get_args_parser(), argv)
     # Everything heavy (torch, OpenCV, the detector) is imported after parsing: --help is fast.
-    from detector.core.runtime import tune_allocator
+    from detector.core.runtime import tolerant_console, tune_allocator
+
+    tolerant_console()
     from detector.resolve import ResolveError
 
     tune_allocator()

@@ -346,3 +346,28 @@ def test_outputs_respect_the_umask(tmp_path, checkpoints):
         os.umask(old)
     for name in ("detections.jsonl", "summary.json", "s.txt", "c.json", "vis/a.png.jpg"):
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_a_crash(tmp_path, random_members):
+    """A corrupt image whose name is not valid UTF-8: the run reports it (escaped) and exits 1,
+    where the summary print used to raise UnicodeEncodeError."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import FAST
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "good.png").write_bytes(b"")  # an empty file: fails, named in the summary
+    bad = os.path.join(os.fsencode(images), b"caf\xe9.png")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    checkpoints = [str(p) for p in sorted(random_members.glob("member_*.safetensors"))]
+    argv = [sys.executable, "-m", "detector.run", "--images", str(images), "--no-progress"]
+    argv += ["--output-dir", str(tmp_path / "out"), "--checkpoints", *checkpoints, *FAST]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "INCEPTION_RCNN_CACHE": str(tmp_path)}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "caf\\udce9.png" in done.stdout + done.stderr
