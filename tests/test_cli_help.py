@@ -30,6 +30,7 @@ LIGHT = [  # (module, arguments before --help)
     ("detector.demo", []),
     ("detector.train", []),
     ("proposals.multibox", ["train"]),
+    ("benchmarks.run", []),
 ]
 
 
@@ -50,7 +51,7 @@ def test_help_imports_nothing_heavy(module, args):
     assert text.startswith(f"usage: python -m {module}")
 
 
-@pytest.mark.parametrize(("module", "args"), [*LIGHT, ("benchmarks.run", [])], ids=lambda v: str(v))
+@pytest.mark.parametrize(("module", "args"), LIGHT, ids=lambda v: str(v))
 def test_help_shows_the_program_and_each_default_once(module, args):
     text, _ = help_of(module, args)
     assert text.startswith(f"usage: python -m {module}"), text[:80]
