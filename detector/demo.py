@@ -33,6 +33,7 @@ from detector.core.config import (
     load_config,
     parse_args,
 )
+from detector.core.messages import one_line
 from detector.core.paths import demo_models_dir
 
 # The resolve step, the trainers and the detector import torch: they are imported where they
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         build_models(cfg, rebuild=args.rebuild)
         resolved = resolve_config(cfg)
     except (ResolveError, ValueError) as e:
-        print(f"detector.demo: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"detector.demo: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"[demo] dataset: {resolved.data.root}", flush=True)
     print(

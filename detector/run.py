@@ -61,6 +61,7 @@ from detector.core.config import (
     load_config,
     parse_args,
 )
+from detector.core.messages import one_line
 
 STAGES = ("load", "propose", "warp", "score", "nms", "wait")
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(e: BaseException | str, status: int) -> int:
-    print(f"detector.run: error: {' '.join(str(e).split())}", file=sys.stderr)
+    print(f"detector.run: error: {one_line(e)}", file=sys.stderr)
     return status
 
 
@@ -746,7 +747,7 @@ def _write(path: Path, text: str) -> None:
 def _os_message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e)
 
 
 def summarize(

@@ -33,6 +33,7 @@ from detector.core.config import (
     load_config,
     parse_args,
 )
+from detector.core.messages import one_line
 
 PROG = "detector.train"
 EXAMPLES = __doc__.split("Examples::", 1)[1].split("Exit status:", 1)[0]
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(e: BaseException, status: int) -> int:
-    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
     return status
 
 

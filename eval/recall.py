@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from detector.core.config import DefaultsHelpFormatter, add_config_args, parse_args
+from detector.core.messages import one_line
 from detector.core.structures import ImageRecord, Proposals
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(cfg, data_root=args.data_root, device=args.device, needs=TRAIN_MEMBERS)
         records, proposals = propose_split(cfg, args.split or cfg.data.val_split, args.max_images)
     except (ConfigError, ResolveError, FileNotFoundError, ValueError) as e:
-        print(f"eval.recall: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"eval.recall: error: {one_line(e)}", file=sys.stderr)
         return 2
     report = evaluate_proposals(records, proposals, seed=args.seed)
     report["settings"] = {

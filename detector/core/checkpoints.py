@@ -25,6 +25,7 @@ from torchvision.models import GoogLeNet_Weights
 
 from detector.core.atomic import atomic_path
 from detector.core.config import short_repr
+from detector.core.messages import one_line
 
 
 class CheckpointError(ValueError):
@@ -60,7 +61,9 @@ def read_safetensors(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor
             raw = (f.metadata() or {}).get(key)
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no __iter__)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({one_line(e, 300)})"
+        ) from None
     check_finite(path, tensors)
     if raw is None:
         return tensors, {}
@@ -82,7 +85,7 @@ def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu"
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors vary: report the file and the cause
         raise CheckpointError(
-            f"{path}: cannot load with weights_only=True ({type(e).__name__}: {one_line(e)})"
+            f"{path}: cannot load with weights_only=True ({type(e).__name__}: {one_line(e, 300)})"
         ) from None
 
 
@@ -152,7 +155,3 @@ WARP_RULES: dict[str, Rule] = {
     "std": ("a list of 3 finite numbers > 0", lambda v: finite_numbers(v, 3, positive=True)),
     "transform_input": ("true or false", lambda v: isinstance(v, bool)),
 }
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300] or type(e).__name__

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from detector.core.messages import one_line
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = "demo"  # configs/demo.yaml: the embedded demo, used when no --config is given
 
@@ -274,7 +276,7 @@ def _load_yaml(text: str, where: str, plain_text_ok: bool = False) -> Any:
     except yaml.YAMLError as e:
         if plain_text_ok:
             raise _NotYaml from None
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())[:300]}") from None
+        raise ConfigError(f"{where}: not valid YAML: {one_line(e, 300)}") from None
 
 
 def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:

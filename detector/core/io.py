@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detector.core.config import DataConfig
+from detector.core.messages import one_line
 
 DEFAULT_MAX_PIXELS = DataConfig.max_pixels  # larger images are refused
 
@@ -108,12 +109,12 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         ) from None
     except Image.DecompressionBombError as e:
         # Pillow's own cap (2 x Image.MAX_IMAGE_PIXELS) also applies when max_pixels is larger.
-        raise ImageLoadError(f"{path}: too many pixels ({_one_line(e)})") from None
+        raise ImageLoadError(f"{path}: too many pixels ({one_line(e)})") from None
     except MemoryError:
         raise ImageLoadError(f"{path}: out of memory while decoding") from None
     except Exception as e:  # OSError, SyntaxError, ValueError, struct.error, ... from decoders
         raise ImageLoadError(
-            f"{path}: truncated or corrupt image data ({type(e).__name__}: {_one_line(e)})"
+            f"{path}: truncated or corrupt image data ({type(e).__name__}: {one_line(e)})"
         ) from None
 
 
@@ -134,7 +135,7 @@ def as_rgb_array(x: np.ndarray | Image.Image, max_pixels: int | None = None) -> 
         try:
             return _pil_to_rgb(x)
         except Exception as e:
-            raise ImageLoadError(f"PIL image: cannot convert ({_one_line(e)})") from None
+            raise ImageLoadError(f"PIL image: cannot convert ({one_line(e)})") from None
     if not isinstance(x, np.ndarray):
         raise ImageLoadError(f"{type(x).__name__}: expected a path, numpy array or PIL image")
     return _array_to_rgb(x, max_pixels)
@@ -188,7 +189,7 @@ def find_images(source: str | os.PathLike, recursive: bool = False) -> ImageList
         is_dir = src.is_dir()
         exists = is_dir or src.exists()
     except OSError as e:
-        raise ImageListError(f"{src}: cannot read ({_one_line(e)})") from None
+        raise ImageListError(f"{src}: cannot read ({one_line(e)})") from None
     if not exists:
         raise ImageListError(f"{src}: no such folder or file")
     if is_dir:
@@ -237,7 +238,7 @@ def _scan(folder: Path, root: Path, unlistable: list[str]) -> tuple[list[Path], 
         with os.scandir(folder) as it:
             entries = list(it)
     except OSError as e:
-        reason = e.strerror or _one_line(e)
+        reason = e.strerror or one_line(e)
         if folder == root:
             raise ImageListError(f"{root}: cannot list the folder ({reason})") from None
         unlistable.append(f"{folder.relative_to(root).as_posix()}: {reason}")
@@ -270,7 +271,7 @@ def _read_list(path: Path) -> ImageListing:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ImageListError(f"{path}: cannot read ({_one_line(e)})") from None
+        raise ImageListError(f"{path}: cannot read ({one_line(e)})") from None
     try:
         text = data.decode("utf-8")
         if "\x00" in text:
@@ -310,7 +311,7 @@ def _check_file(path: Path) -> None:
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: no such file") from None
     except OSError as e:
-        raise ImageLoadError(f"{path}: cannot read ({_one_line(e)})") from None
+        raise ImageLoadError(f"{path}: cannot read ({one_line(e)})") from None
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a directory, not an image")
     if st.st_size == 0:
@@ -414,7 +415,3 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
     alpha = rgba[:, :, 3:4].astype(np.uint32)
     out = (rgb * alpha + _WHITE * (255 - alpha) + 127) // 255
     return np.ascontiguousarray(out.astype(np.uint8))
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

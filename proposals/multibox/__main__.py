@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from detector.core.config import MultiBoxConfig, add_config_args, parse_args
+from detector.core.messages import one_line
 from detector.core.runtime import tune_allocator
 
 EXAMPLES = __doc__.split("Examples:", 1)[1]
@@ -109,7 +110,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def _train_error(e: BaseException, status: int) -> int:
-    print(f"proposals.multibox train: error: {' '.join(str(e).split())}", file=sys.stderr)
+    print(f"proposals.multibox train: error: {one_line(e)}", file=sys.stderr)
     return status
 
 
