@@ -32,7 +32,6 @@ Files other than the log are written atomically (``detector.core.atomic``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -41,7 +40,7 @@ from typing import Any
 
 from detector.core.atomic import atomic_write_text
 from detector.core.config import Config
-from detector.core.digests import file_sha256
+from detector.core.digests import file_sha256, settings_digest
 
 LOG_VERSION = 2
 
@@ -109,7 +108,7 @@ def log_header(
         images: the images source (``--images``: a folder, list or image), absolute.
         root: the folder the records' image names are relative to, absolute.
     """
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    digest = settings_digest(settings)
     return {
         "header": {
             "log": "detector.run",

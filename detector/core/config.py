@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import math
 import re
 import types
@@ -22,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from detector.core.digests import settings_digest
 from detector.core.messages import one_line
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -186,7 +185,7 @@ class Config:
         """Short hash of the settings (not the source path), stored in checkpoint metadata."""
         d = self.to_dict()
         d.pop("source", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(d)
 
 
 def resolve_config_path(name: str | Path) -> Path:

@@ -8,11 +8,18 @@ was touched or copied back keeps its identity, one whose bytes changed does not)
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+
+
+def settings_digest(settings: Any) -> str:
+    """16 hex digits of the SHA-256 of ``settings`` as canonical JSON (sorted keys): the short
+    name of a set of settings in checkpoints, training states and detection logs."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -41,8 +41,6 @@ seen about once per epoch (background regions, far more numerous, are subsampled
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 import time
@@ -58,6 +56,7 @@ from detector.build import nms_settings, warp_settings
 from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
 from detector.core.checkpoints import CheckpointError, imagenet_weights_path
 from detector.core.config import Config
+from detector.core.digests import settings_digest
 from detector.core.io import ImageLoadError, load_image
 from detector.core.structures import ClassList, Detections, ImageRecord, Proposals
 from detector.datasets import open_split, split_blacklist, with_images
@@ -227,7 +226,7 @@ def resume_key(cfg: Config) -> str:
     for section, keys in RESUMABLE_CHANGES.items():
         for key in keys:
             d[section].pop(key, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_digest(d)
 
 
 def restore(state_path: Path, model: nn.Module, optimizer, cfg: Config, member: int) -> int:
