@@ -96,21 +96,22 @@ def main(argv: list[str] | None = None) -> int:
 def propose_split(cfg, split: str, max_images: int) -> tuple[list[ImageRecord], list[Proposals]]:
     """Records of the split that decode, and their proposals (cached selective search +
     MultiBox); an unreadable image is reported and left out."""
-    from detector.core.io import ImageLoadError, load_image
+    from detector.core.io import ImageLoadError
     from detector.datasets import open_split, with_images
     from proposals.generator import ProposalGenerator
 
     records, _ = open_split(cfg.data, split)
     records = with_images(records[:max_images] if max_images else records)
-    kept, images = [], []
-    for r in records:
-        try:
-            images.append(load_image(r.path, cfg.data.max_pixels))
-            kept.append(r)
-        except ImageLoadError as e:
-            print(f"eval.recall: skipping {e}", file=sys.stderr)
     generator = ProposalGenerator.from_config(cfg)
-    return kept, list(generator.propose_many(images))
+    results = generator.propose_files([r.path for r in records], max_pixels=cfg.data.max_pixels)
+    kept, proposals = [], []
+    for record, result in zip(records, results, strict=True):
+        if isinstance(result, ImageLoadError):
+            print(f"eval.recall: skipping {result}", file=sys.stderr)
+            continue
+        kept.append(record)
+        proposals.append(result)
+    return kept, proposals
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ Example::
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 
 from detector.core.config import Config, ConfigError
 from detector.core.devices import resolve_device
+from detector.core.io import ImageLoadError, load_image
 from detector.core.paths import cache_root, expand
 from detector.core.structures import Proposals, ProposalSource
 from proposals.cache import ProposalCache, cache_key
@@ -33,6 +35,8 @@ from proposals.merge import merge_proposals
 from proposals.multibox.model import MultiBox
 from proposals.pool import SelectiveSearchPool
 from proposals.selective_search import selective_search, settings_from_config
+
+FILES_CHUNK = 256  # images decoded at a time by propose_files (bounds memory)
 
 
 class ProposalGenerator:
@@ -114,6 +118,28 @@ class ProposalGenerator:
         return [
             _clipped(merge_proposals(s, m), im) for s, m, im in zip(ss, mb, images, strict=True)
         ]
+
+    def propose_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        max_pixels: int,
+        workers: int | None = None,
+        chunk: int = FILES_CHUNK,
+    ) -> Iterator[Proposals | ImageLoadError]:
+        """Proposals of image files, in order, :meth:`propose_many` on ``chunk`` decoded images
+        at a time (memory stays bounded); an unreadable file yields its ``ImageLoadError``."""
+        for first in range(0, len(paths), chunk):
+            results: list[Proposals | ImageLoadError] = []
+            images = []
+            for path in paths[first : first + chunk]:
+                try:
+                    images.append(load_image(path, max_pixels))
+                    results.append(None)
+                except ImageLoadError as e:  # one bad image must not cost the others
+                    results.append(e)
+            proposals = iter(self.propose_many(images, workers=workers))
+            yield from (r if r is not None else next(proposals) for r in results)
 
     def process_pool(self, workers: int | None = None) -> SelectiveSearchPool | None:
         """A (not yet entered) pool of selective-search worker processes with this

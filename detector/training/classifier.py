@@ -79,7 +79,6 @@ from proposals.generator import ProposalGenerator
 
 AUX_WEIGHT = 0.3  # GoogLeNet's auxiliary classifiers, when the model has them (paper, section 6)
 LOG_NAME = "train_log.jsonl"
-PROPOSAL_CHUNK = 256  # images decoded at a time while computing proposals (bounds memory)
 PREFIX = "detector.train"  # how messages on stderr start
 
 __all__ = [
@@ -105,19 +104,14 @@ def compute_proposals(
 ) -> list[Proposals | None]:
     """Proposals of every record through the cached proposal stage (None: the image failed)."""
     generator = ProposalGenerator.from_config(cfg, device=str(device))
-    out: list[Proposals | None] = [None] * len(records)
-    for first in range(0, len(records), PROPOSAL_CHUNK):
-        chunk = range(first, min(first + PROPOSAL_CHUNK, len(records)))
-        loaded, images = [], []  # the records whose image decoded, and their pixels
-        for i in chunk:
-            try:
-                images.append(load_image(records[i].path, cfg.data.max_pixels))
-                loaded.append(i)
-            except ImageLoadError as e:  # one bad image must not cost the run
-                print(f"{PREFIX}: skipping {e}", file=sys.stderr)
-        workers = cfg.proposals.selective_search.workers
-        for i, props in zip(loaded, generator.propose_many(images, workers=workers), strict=True):
-            out[i] = props
+    paths = [r.path for r in records]
+    out: list[Proposals | None] = []
+    workers = cfg.proposals.selective_search.workers
+    for result in generator.propose_files(paths, max_pixels=cfg.data.max_pixels, workers=workers):
+        if isinstance(result, ImageLoadError):  # one bad image must not cost the run
+            print(f"{PREFIX}: skipping {result}", file=sys.stderr)
+            result = None
+        out.append(result)
     return out
 
 

@@ -210,3 +210,22 @@ def test_tampered_cache_entry_is_recomputed(image, tmp_path):
         out = gen(image)
     np.testing.assert_array_equal(out.boxes, selective_search(image, **gen.ss_settings))
     assert gen.cache.get(key) is not None  # stored again, clean
+
+
+def test_propose_files_in_order_in_bounded_chunks_with_bad_files(image, tmp_path):
+    """Files are proposed chunk by chunk (here 2 at a time), in order; an unreadable file
+    yields its ImageLoadError in its place and the others are proposed as one by one."""
+    from PIL import Image
+
+    from detector.core.io import ImageLoadError
+
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image[:, ::-1].copy()).save(tmp_path / "b.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    gen = ProposalGenerator(SETTINGS, None, cache=None, workers=1)
+    paths = [tmp_path / "a.png", tmp_path / "bad.png", tmp_path / "b.png"]
+    results = list(gen.propose_files(paths, max_pixels=10**8, workers=1, chunk=2))
+    assert len(results) == 3 and isinstance(results[1], ImageLoadError)
+    assert "bad.png" in str(results[1])
+    for result, picture in ((results[0], image), (results[2], image[:, ::-1].copy())):
+        np.testing.assert_array_equal(result.boxes, gen(picture).boxes)
