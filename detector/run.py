@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
+import copy
 import json
 import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
@@ -61,19 +61,27 @@ from detector.core.config import (
     load_config,
     parse_args,
 )
+from detector.core.distributed import Group, Shard, World
 from detector.core.messages import one_line
+from detector.log_parts import merge_parts, part_path
+from detector.run_checks import (
+    NEW_RUN_DIR,
+    OutputFailure,
+    UsageError,
+    _os_message,
+    check_log,
+    check_paths,
+    check_share,
+    check_writable,
+    claim_run_dir,
+    first_free_run_dir,
+    image_indices,
+    latest_run_dir,
+)
 
 STAGES = ("load", "propose", "warp", "score", "nms", "wait")
 
 OK, FAILED, USAGE, OUTPUT, INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class UsageError(ValueError):
-    """A bad flag combination or input file (exit status 2)."""
-
-
-class OutputFailure(OSError):
-    """An output that cannot be written (exit status 3); the message names the path."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -164,6 +172,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="processes computing proposals ahead of scoring "
         "(default: proposals.selective_search.workers; 0 = all cores)",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="detect only share I of N (0-based; every N-th image from the I-th) into a part of "
+        "the log, e.g. for a job array; a later --resume without --shard merges the parts "
+        "(under torchrun each rank takes its share by itself)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_args(p)
     return p
@@ -173,7 +188,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 class RunOptions:
     """What to detect on and where the results go (the flags of ``python -m detector.run``)."""
 
-    NEW_RUN_DIR: ClassVar[str] = "runs/detect/predict"  # then predict2, predict3, ...
+    NEW_RUN_DIR: ClassVar[str] = NEW_RUN_DIR
 
     images: str
     recursive: bool = False
@@ -186,6 +201,7 @@ class RunOptions:
     image_set: str | None = None
     save_vis: str | None = None
     vis_top: int = 20
+    shard: str | None = None  # "I/N": this share of the images only (a job-array task)
     no_progress: bool = False
     argv: list[str] | None = None  # the command line as typed, for the resume hint
 
@@ -227,28 +243,51 @@ class Plan:
     log: Path
     summary: Path
     header: dict[str, Any]
-    existing: dict[str, dict[str, Any]] | None  # None = a new log
+    existing: dict[str, dict[str, Any]] | None  # the ok records done; None = a new log
     created: bool  # out_dir was made by this run (removed again if the run stops at setup)
+    shard: Shard = field(default_factory=Shard)  # the share of the images this process takes
+    writes: Path | None = None  # the file records are appended to: the log, or this share's part
+    fresh: bool = True  # ``writes`` starts over (a header only) when the detector is built
+    lock: Any = None  # detector.core.locks.OutputLock held while the run writes
+
+    def todo(self) -> list[tuple[Path, str]]:
+        """(path, name) of the images of this share not yet recorded ok."""
+        done = self.existing or {}
+        pairs = list(zip(self.listing.images, self.listing.names, strict=True))
+        return [(p, n) for p, n in self.shard.take(pairs) if n not in done]
 
 
 def detect_folder(cfg: Config, args: RunOptions) -> int:
-    """Detect on every image of ``args.images`` with a resolved config; returns the exit status."""
+    """Detect on every image of ``args.images`` with a resolved config; returns the exit status.
+
+    Under torchrun every rank takes its share and rank 0 merges (:func:`detect_ranks`);
+    with ``args.shard`` this process detects its share into a part of the log.
+    """
+    world = World.from_env()
+    if world.distributed:
+        if args.shard:
+            return _error("--shard is for runs without torchrun (each rank takes its share)", USAGE)
+        with Group.join(world) as group:
+            return detect_ranks(cfg, args, world, group)
     try:
-        plan = plan_run(cfg, args)
+        shard = Shard.parse(args.shard) if args.shard else Shard()
+        plan = plan_run(cfg, args, shard)
     except OutputFailure as e:
         return _error(e, OUTPUT)
     except (UsageError, ValueError, OSError) as e:  # ImageListError, OutputError, ...
         return _error(e, USAGE)
-    status = run_plan(cfg, args, plan)
-    if status in (USAGE, OUTPUT) and plan.created:
-        with contextlib.suppress(OSError):
-            plan.out_dir.rmdir()  # only when still empty
+    status = OK
+    try:
+        status = run_plan(cfg, args, plan)
+    finally:
+        release(plan, status)
     return status
 
 
-def plan_run(cfg: Config, args: RunOptions) -> Plan:
+def plan_run(cfg: Config, args: RunOptions, shard: Shard) -> Plan:
     """Everything checked before a model is loaded: the images, the output paths (no
-    overlap with the inputs or each other, writable), the log to resume.
+    overlap with the inputs or each other, writable), the lock on the output folder, the
+    log to resume (with its parts merged, for a whole run).
 
     Raises:
         UsageError, ImageListError, OutputError, OSError: exit status 2.
@@ -259,10 +298,13 @@ def plan_run(cfg: Config, args: RunOptions) -> Plan:
 
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    if args.resume and not args.output_dir and not args.output:
+    auto = not args.output_dir and not args.output
+    if args.resume and auto:
         latest = latest_run_dir(Path(RunOptions.NEW_RUN_DIR))
         hint = f" (the latest is {latest})" if latest else ""
         raise UsageError(f"--resume continues a run: name its folder with --output-dir{hint}")
+    if auto and not shard.whole:
+        raise UsageError("--shard needs --output-dir: every share writes into the same folder")
     listing = find_images(args.images, recursive=args.recursive)
     indices = image_indices(listing.names, args.image_set)
     try:
@@ -272,7 +314,6 @@ def plan_run(cfg: Config, args: RunOptions) -> Plan:
     source = os.path.realpath(args.images)
     root = os.path.realpath(listing.root)
     header = log_header(source, root, detection_settings(cfg), models)
-    auto = not args.output_dir and not args.output
     out_dir = (
         first_free_run_dir(Path(RunOptions.NEW_RUN_DIR))
         if auto
@@ -283,26 +324,75 @@ def plan_run(cfg: Config, args: RunOptions) -> Plan:
     log = Path(args.output) if args.output else out_dir / "detections.jsonl"
     summary = log.parent / "summary.json"
     check_paths(cfg, args, listing, log, summary)
-    existing = check_log(log, header, listing, resume=args.resume, overwrite=args.overwrite)
-    created = False
     if auto:
         out_dir = claim_run_dir(out_dir)
         log, summary, created = out_dir / "detections.jsonl", out_dir / "summary.json", True
     else:
         created = not log.parent.exists()
-    folders = [log.parent]
-    folders += [Path(p).parent for p in (args.coco_results, args.submission) if p]
-    folders += [Path(args.save_vis)] if args.save_vis else []
-    for folder in folders:
-        check_writable(folder)
-    return Plan(listing, indices, log.parent, log, summary, header, existing, created)
+    plan = Plan(listing, indices, log.parent, log, summary, header, None, created, shard, log)
+    plan.lock = take_lock(log.parent, shard)
+    try:
+        if shard.whole:
+            plan.existing = check_log(
+                log, header, listing, resume=args.resume, overwrite=args.overwrite
+            )
+            plan.fresh = plan.existing is None
+        else:
+            plan.existing, plan.fresh = check_share(
+                log, shard, header, listing, resume=args.resume, overwrite=args.overwrite
+            )
+            plan.writes = part_path(log, shard)
+        folders = [log.parent]
+        folders += [Path(p).parent for p in (args.coco_results, args.submission) if p]
+        folders += [Path(args.save_vis)] if args.save_vis else []
+        for folder in folders:
+            check_writable(folder)
+    except BaseException:
+        release(plan, USAGE)
+        raise
+    return plan
+
+
+def take_lock(folder: Path, shard: Shard) -> Any:
+    """Own ``folder`` for this run (or share); say so when a stopped run's lock is taken over."""
+    from detector.core.locks import LockedError, lock_output
+
+    try:
+        lock = lock_output(folder, shard)
+    except LockedError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise OutputFailure(f"{folder}: cannot write here ({_os_message(e)})") from None
+    if lock.previous:
+        print(
+            f"detector.run: note: {folder} was locked by a run that stopped without finishing "
+            f"(pid {lock.previous.get('pid')} on {lock.previous.get('host')}); taking it over",
+            file=sys.stderr,
+        )
+    return lock
+
+
+def release(plan: Plan, status: int) -> None:
+    """Drop the lock; a folder this run created is removed again if the run stopped at setup."""
+    from detector.core.locks import LOCK_NAME
+
+    if plan.lock is not None:
+        plan.lock.release()
+        plan.lock = None
+    if status in (USAGE, OUTPUT) and plan.created:
+        with contextlib.suppress(OSError):
+            for lock_file in plan.out_dir.glob(f"{LOCK_NAME}*"):
+                lock_file.unlink()
+            plan.out_dir.rmdir()  # only when nothing else is in it
 
 
 def run_plan(cfg: Config, args: RunOptions, plan: Plan) -> int:
     listing = plan.listing
     names, images = listing.names, listing.images
+    share = "" if plan.shard.whole else f" (share {plan.shard})"
     print(
-        f"detector.run: {len(names)} images from the {listing.kind} {args.images} -> {plan.out_dir}"
+        f"detector.run: {len(names)} images{share} from the {listing.kind} {args.images} -> "
+        f"{plan.out_dir}"
     )
     if listing.skipped:
         print(
@@ -316,11 +406,11 @@ def run_plan(cfg: Config, args: RunOptions, plan: Plan) -> int:
         )
     if not images:
         print(f"detector.run: warning: no images found in {args.images}", file=sys.stderr)
-    records = plan.existing or {}
-    todo = [(p, n) for p, n in zip(images, names, strict=True) if n not in records]
+    records = dict(plan.existing or {})
+    todo = plan.todo()
     started = time.perf_counter()
     status, loop_seconds = OK, 0.0
-    if todo or plan.existing is None:
+    if todo or plan.fresh:
         status, loop_seconds = detect_all(cfg, args, plan, todo, records)
         if status in (USAGE, OUTPUT):
             return status
@@ -330,16 +420,135 @@ def run_plan(cfg: Config, args: RunOptions, plan: Plan) -> int:
             file=sys.stderr,
         )
         return INTERRUPTED
+    if not plan.shard.whole:
+        return share_done(args, plan, todo, records)
+    stats = run_stats(len(todo), time.perf_counter() - started, loop_seconds)
+    return finish_run(cfg, args, plan, stats)
+
+
+def finish_run(cfg: Config, args: RunOptions, plan: Plan, stats: dict[str, Any]) -> int:
+    """The end of a whole run: the log with any parts merged, in image-list order
+    (``detector.log_parts``), then the COCO results, submission and summary from it."""
+    listing = plan.listing
     try:
-        summary = write_outputs(cfg, args, names, plan.indices, records, plan.log)
+        records = merge_parts(plan.log, plan.header, listing.names)
+    except (OSError, ValueError) as e:
+        return _error(f"{plan.log}: cannot merge the parts ({_os_message(e)})", OUTPUT)
+    try:
+        summary = write_outputs(cfg, args, listing.names, plan.indices, records, plan.log)
         summary["unlistable"] = listing.unlistable
         summary["skipped_in_subfolders"] = listing.skipped
-        summary["this_run"] = run_stats(len(todo), time.perf_counter() - started, loop_seconds)
+        summary["this_run"] = stats
         _write(plan.summary, json.dumps(summary, indent=2) + "\n")
     except OutputFailure as e:
         return _error(e, OUTPUT)
     print_summary(summary, plan.summary)
     return FAILED if summary["failed"] or listing.unlistable else OK
+
+
+def share_done(
+    args: RunOptions, plan: Plan, todo: list[tuple[Path, str]], records: dict[str, Any]
+) -> int:
+    """A ``--shard`` task ends with its part written; the whole run's outputs wait for the
+    merge, which the command printed here does once every share is done."""
+    mine = plan.shard.take(plan.listing.names)
+    failed = [n for n in mine if not _ok(records.get(n))]
+    print(
+        f"detector.run: share {plan.shard}: {len(mine)} images, {len(mine) - len(failed)} ok, "
+        f"{len(failed)} failed ({len(todo)} detected now) -> {plan.writes}"
+    )
+    for n in failed:
+        error = records[n]["error"] if n in records else "not processed"
+        print(f"  failed: {error}")
+    print(f"  when every share is done, merge them: {resume_command(args, plan, whole=True)}")
+    return FAILED if failed else OK
+
+
+# ---- torchrun -------------------------------------------------------------------------------
+
+
+def detect_ranks(cfg: Config, args: RunOptions, world: World, group: Group) -> int:
+    """One rank of ``torchrun -m detector.run``: rank 0 checks and locks the run as a whole
+    run would (merging old parts when resuming); every rank detects its share
+    (:meth:`Shard.take`) into its own part; when all are done, rank 0 merges the parts into
+    the log, in image-list order, and writes the outputs of the whole run."""
+    cfg = rank_config(cfg, world)
+    plan, status = None, OK
+    if world.is_main:
+        try:
+            plan = plan_run(cfg, args, Shard())
+        except OutputFailure as e:
+            status = _error(e, OUTPUT)
+        except (UsageError, ValueError, OSError) as e:
+            status = _error(e, USAGE)
+    shared = group.broadcast(status if plan is None else _for_ranks(plan))
+    if isinstance(shared, int):
+        return shared
+    plan = plan if world.is_main else shared
+    try:
+        status = _detect_share(cfg, args, world, group, plan)
+    finally:
+        if world.is_main:
+            release(plan, status)
+    return status
+
+
+def _detect_share(cfg: Config, args: RunOptions, world: World, group: Group, plan: Plan) -> int:
+    started = time.perf_counter()
+    share = replace(plan, shard=world.shard, writes=part_path(plan.log, world.shard), fresh=True)
+    todo = share.todo()
+    detector = build_detector(cfg) if todo else None
+    status = detector if isinstance(detector, int) else OK
+    if world.is_main and status == OK and plan.fresh:
+        status = _start_fresh_log(plan)
+    statuses = group.gather(status)  # nobody writes a part before the log is ready
+    if any(s != OK for s in statuses):
+        return max(statuses)
+    status, seconds = detect_into(detector, cfg, args, share, todo, {}, progress=world.is_main)
+    results = group.gather((status, len(todo), seconds))  # waits for the slowest rank
+    if not world.is_main:
+        return status
+    worst = max(r[0] for r in results)
+    if worst in (OUTPUT, INTERRUPTED):
+        print(f"detector.run: stopped; to continue: {resume_command(args, plan)}", file=sys.stderr)
+        return worst
+    processed = sum(r[1] for r in results)
+    stats = run_stats(processed, time.perf_counter() - started, max(r[2] for r in results))
+    stats["ranks"] = world.size
+    return finish_run(cfg, args, plan, stats)
+
+
+def _start_fresh_log(plan: Plan) -> int:
+    """Rank 0 of a fresh run: the log with its header only, and no old parts."""
+    from detector.log_parts import remove_parts
+
+    try:
+        os.close(start_log(plan.log, True, plan.header))
+        remove_parts(plan.log)
+    except OSError as e:
+        return _error(f"{plan.log}: cannot write the log ({_os_message(e)})", OUTPUT)
+    return OK
+
+
+def _for_ranks(plan: Plan) -> Plan:
+    """Rank 0's plan as the other ranks need it: no lock, the names of the images done."""
+    done = {n: {"ok": True} for n in plan.existing or {}}
+    return replace(plan, lock=None, existing=done if plan.existing is not None else None)
+
+
+def rank_config(cfg: Config, world: World) -> Config:
+    """This rank's device (its local GPU) or share of the CPU cores: the ranks of a machine
+    split its cores between their torch threads and selective-search processes."""
+    from detector.core.runtime import available_cores
+
+    cfg = copy.deepcopy(cfg)
+    inf, ss = cfg.inference, cfg.proposals.selective_search
+    if inf.device.startswith("cuda"):
+        inf.device = f"cuda:{world.local_rank}"
+    cores = world.cores(available_cores())
+    inf.threads = inf.threads or cores
+    ss.workers = ss.workers or cores
+    return cfg
 
 
 # ---- setup ----------------------------------------------------------------------------------
@@ -373,186 +582,6 @@ def build_config(args: argparse.Namespace) -> Config:
     return resolve_config(cfg, device=args.device, needs=Needs(data=False))
 
 
-def image_indices(names: list[str], image_set: str | None) -> list[int]:
-    """The devkit's image_index of each image: from the ImageSets file (matched by the
-    relative path without extension), else the 1-based position in the image list."""
-    if not image_set:
-        return list(range(1, len(names) + 1))
-    table: dict[str, int] = {}
-    path = Path(image_set)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeError) as e:
-        raise UsageError(f"{path}: cannot read the image set ({_os_message(e)})") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise UsageError(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
-        table[parts[0]] = int(parts[1])
-    keys = [os.path.splitext(n)[0] for n in names]
-    missing = [n for n, k in zip(names, keys, strict=True) if k not in table]
-    if missing:
-        raise UsageError(
-            f"{path}: {len(missing)} image(s) not listed, e.g. {', '.join(missing[:3])}"
-        )
-    return [table[k] for k in keys]
-
-
-def run_dir_candidates(base: Path):
-    """``base``, ``base2``, ``base3``, ... (ultralytics' ``runs/detect/predict`` numbering)."""
-    yield base
-    n = 2
-    while True:
-        yield base.with_name(f"{base.name}{n}")
-        n += 1
-
-
-def first_free_run_dir(base: Path) -> Path:
-    return next(p for p in run_dir_candidates(base) if not p.exists())
-
-
-def claim_run_dir(start: Path) -> Path:
-    """Create the first free run folder from ``start`` on (a concurrent run takes the next)."""
-    candidates = run_dir_candidates(Path(RunOptions.NEW_RUN_DIR))
-    for p in candidates:
-        if p == start:
-            break
-    for p in itertools.chain([start], candidates):
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise OutputFailure(
-                f"{p}: cannot create the output folder ({_os_message(e)})"
-            ) from None
-    raise AssertionError("unreachable")
-
-
-def latest_run_dir(base: Path) -> Path | None:
-    """The highest-numbered existing run folder of ``base`` (None when there is none)."""
-    if not base.parent.is_dir():
-        return None
-    best, best_n = None, 0
-    for p in base.parent.iterdir():
-        suffix = p.name[len(base.name) :]
-        if p.name.startswith(base.name) and p.is_dir() and (suffix == "" or suffix.isdigit()):
-            n = int(suffix) if suffix else 1
-            if n > best_n:
-                best, best_n = p, n
-    return best
-
-
-def check_paths(cfg: Config, args: RunOptions, listing: Any, log: Path, summary: Path) -> None:
-    """Refuse outputs that would overwrite an input or each other.
-
-    The log, the summary, ``--coco-results`` and ``--submission`` must be four different
-    files, none of them a folder or an input (an image, the list, the image set, the config,
-    a checkpoint); ``--save-vis`` must not be inside (or be) a folder holding the images.
-    """
-    outputs = {"the log": log, "summary.json": summary}
-    if args.coco_results:
-        outputs["--coco-results"] = Path(args.coco_results)
-    if args.submission:
-        outputs["--submission"] = Path(args.submission)
-    seen: dict[str, str] = {}
-    for what, path in outputs.items():
-        real = os.path.realpath(path)
-        if real in seen:
-            raise UsageError(f"{path}: {what} and {seen[real]} would be the same file")
-        seen[real] = what
-        if os.path.isdir(real):
-            raise UsageError(f"{path}: {what} is a folder, not a file")
-    inputs = {os.path.realpath(p): "one of the images" for p in listing.images}
-    if listing.kind == "list":
-        inputs[os.path.realpath(args.images)] = "the image list (--images)"
-    named = {
-        "the image set (--image-set)": args.image_set,
-        "the config file": cfg.source,
-        "the MultiBox checkpoint": cfg.proposals.multibox.checkpoint,
-    }
-    named.update({f"checkpoint {p}": p for p in cfg.model.checkpoints})
-    inputs.update({os.path.realpath(p): what for what, p in named.items() if p})
-    for real, what in seen.items():
-        if real in inputs:
-            raise UsageError(f"{real}: {what} would overwrite {inputs[real]}")
-    if args.save_vis:
-        vis = Path(os.path.realpath(args.save_vis))
-        folders = {os.path.realpath(listing.root)}
-        folders |= {os.path.dirname(real) for real in inputs if inputs[real] == "one of the images"}
-        for folder in (vis, *vis.parents):
-            if str(folder) in folders:
-                raise UsageError(
-                    f"--save-vis {args.save_vis} is inside the folder of the images "
-                    f"({folder}): drawings would mix with or overwrite them; choose another folder"
-                )
-
-
-def check_log(
-    log: Path, header: dict[str, Any], listing: Any, *, resume: bool, overwrite: bool
-) -> dict[str, dict[str, Any]] | None:
-    """The ok records already in the log (resume), or None for a new log.
-
-    A resumed log must have been written for the same images source, settings and models
-    (its header), and every recorded image must still hold the bytes it had. Nothing is
-    created or truncated here: that waits until the detector is built, so a setup error
-    leaves an existing log as it was (a resumed log only loses its failed records and a
-    partial last line).
-    """
-    from detector.core.digests import same_file
-    from detector.outputs import header_mismatch, read_log, repair_jsonl
-
-    if not log.exists():
-        return None
-    if not resume:
-        if overwrite:
-            return None
-        raise UsageError(f"{log} exists: pass --resume to continue it or --overwrite to replace it")
-    old, records, _ = read_log(log)
-    if old is None and not records:
-        return None  # an empty log: nothing to continue
-    why = header_mismatch(old, header)
-    if why:
-        raise UsageError(f"{log}: cannot resume: {why}; pass --overwrite to start over")
-    recorded = {}
-    for r in records:
-        if r.get("ok"):
-            recorded.setdefault(r["image"], r)
-    changed = [
-        n
-        for n, p in zip(listing.names, listing.images, strict=True)
-        if n in recorded and not same_file(p, recorded[n].get("file") or {})
-    ]
-    if changed:
-        shown = ", ".join(changed[:3]) + (
-            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        )
-        raise UsageError(
-            f"{log}: cannot resume: {len(changed)} image(s) changed since they were recorded "
-            f"({shown}); pass --overwrite to start over"
-        )
-    try:
-        return {r["image"]: r for r in repair_jsonl(log)}
-    except OSError as e:
-        raise OutputFailure(f"{log}: cannot rewrite the log ({_os_message(e)})") from None
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and a file in it, before any model is loaded (exit 3 if it fails)."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise OutputFailure(f"{folder}: cannot write here ({_os_message(e)})") from None
-
-
 def start_log(log: Path, fresh: bool, header: dict[str, Any]) -> int:
     """An append-only descriptor on the log; a fresh log starts with its header only."""
     from detector.outputs import append_record
@@ -569,12 +598,16 @@ def start_log(log: Path, fresh: bool, header: dict[str, Any]) -> int:
     return fd
 
 
-def resume_command(args: RunOptions, plan: Plan) -> str:
+def resume_command(args: RunOptions, plan: Plan, *, whole: bool = False) -> str:
     """The command that continues this run: the one typed, with ``--resume`` and the run's
-    ``--output-dir`` (first, so that trailing KEY=VALUE overrides stay last)."""
+    ``--output-dir`` (first, so that trailing KEY=VALUE overrides stay last). ``whole``:
+    without ``--shard`` (the command that merges the shares). Under torchrun: the torchrun
+    command, with the launcher's flags left to the user."""
+    drop = {"--output-dir"} | ({"--shard"} if whole else set())
     if args.argv is None:
         tokens = ["--images", args.images] + (["--recursive"] if args.recursive else [])
-        for flag in ("output", "coco_results", "submission", "image_set", "save_vis"):
+        flags = ["output", "coco_results", "submission", "image_set", "save_vis"]
+        for flag in flags + ([] if whole else ["shard"]):
             if getattr(args, flag):
                 tokens += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     else:
@@ -582,15 +615,31 @@ def resume_command(args: RunOptions, plan: Plan) -> str:
         for t in args.argv:
             if skip:
                 skip = False
-            elif t == "--output-dir":
+            elif t in drop:
                 skip = True
-            elif t not in ("--resume", "--overwrite") and not t.startswith("--output-dir="):
+            elif t not in ("--resume", "--overwrite") and not any(
+                t.startswith(f"{d}=") for d in drop
+            ):
                 tokens.append(t)
     where = [] if args.output else ["--output-dir", str(plan.out_dir)]
-    return shlex.join(["python", "-m", "detector.run", *where, "--resume", *tokens])
+    launcher = ["python"]
+    if World.from_env().distributed:
+        launcher = ["torchrun", "<the same torchrun options>"]
+    return shlex.join([*launcher, "-m", "detector.run", *where, "--resume", *tokens])
 
 
 # ---- the run --------------------------------------------------------------------------------
+
+
+def build_detector(cfg: Config) -> Any:
+    """The detector of ``cfg``, or exit status 2 (the error printed)."""
+    from detector.build import ModelSetupError
+    from detector.detector import Detector
+
+    try:
+        return Detector.from_config(cfg)
+    except (ConfigError, ModelSetupError, OSError, ValueError) as e:
+        return _error(e, USAGE)
 
 
 def detect_all(
@@ -600,25 +649,40 @@ def detect_all(
     todo: list[tuple[Path, str]],
     records: dict[str, dict[str, Any]],
 ) -> tuple[int, float]:
-    """Detect on ``todo``, appending one record per image (to a new log when
-    ``plan.existing`` is None); fills ``records``.
+    """Build the detector, then :func:`detect_into`; a fresh whole run drops old parts."""
+    from detector.log_parts import remove_parts
+
+    detector = build_detector(cfg) if todo else None
+    if isinstance(detector, int):
+        return detector, 0.0
+    if plan.fresh and plan.shard.whole:
+        remove_parts(plan.log)  # --overwrite: the old shares' records go with the old log
+    return detect_into(detector, cfg, args, plan, todo, records)
+
+
+def detect_into(
+    detector: Any,
+    cfg: Config,
+    args: RunOptions,
+    plan: Plan,
+    todo: list[tuple[Path, str]],
+    records: dict[str, dict[str, Any]],
+    *,
+    progress: bool = True,
+) -> tuple[int, float]:
+    """Detect on ``todo``, appending one record per image to ``plan.writes`` (started
+    afresh when ``plan.fresh``); fills ``records``.
 
     Returns:
-        status: 0, 2 (the detector could not be built), 3 (the log could not be written)
-        or 130 (interrupted), and the seconds spent detecting (model loading excluded).
+        status: 0, 3 (the log could not be written) or 130 (interrupted), and the seconds
+        spent detecting (model loading excluded).
     """
-    from detector.build import ModelSetupError
-    from detector.detector import Detector
     from detector.outputs import append_record
 
     try:
-        detector = Detector.from_config(cfg) if todo else None
-    except (ConfigError, ModelSetupError, OSError, ValueError) as e:
-        return _error(e, USAGE), 0.0
-    try:
-        fd = start_log(plan.log, plan.existing is None, plan.header)
+        fd = start_log(plan.writes, plan.fresh, plan.header)
     except OSError as e:
-        return _error(f"{plan.log}: cannot write the log ({_os_message(e)})", OUTPUT), 0.0
+        return _error(f"{plan.writes}: cannot write the log ({_os_message(e)})", OUTPUT), 0.0
     if detector is None:
         os.close(fd)
         return OK, 0.0
@@ -626,7 +690,8 @@ def detect_all(
 
     started = time.perf_counter()
     by_path = {str(p): n for p, n in todo}
-    bar = tqdm(total=len(todo), unit="img", disable=args.no_progress, dynamic_ncols=True)
+    quiet = args.no_progress or not progress
+    bar = tqdm(total=len(todo), unit="img", disable=quiet, dynamic_ncols=True)
     threshold = cfg.inference.vis_threshold
     try:
         paths = [str(p) for p, _ in todo]
@@ -637,7 +702,7 @@ def detect_all(
                 append_record(fd, record)
             except OSError as e:
                 bar.close()
-                message = f"{plan.log}: cannot write the log ({_os_message(e)})"
+                message = f"{plan.writes}: cannot write the log ({_os_message(e)})"
                 print(f"detector.run: error: {message}; --resume continues it", file=sys.stderr)
                 return OUTPUT, time.perf_counter() - started
             records[record["image"]] = record
@@ -742,12 +807,6 @@ def _write(path: Path, text: str) -> None:
         atomic_write_text(path, text)
     except OSError as e:
         raise OutputFailure(f"{path}: cannot write ({_os_message(e)})") from None
-
-
-def _os_message(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return one_line(e)
 
 
 def summarize(

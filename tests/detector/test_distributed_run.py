@@ -1,0 +1,275 @@
+"""Scale-out of ``detector.run``: real ``torchrun`` processes on gloo, ``--shard`` tasks, and
+the lock that makes a run own its output folder.
+
+The detector is real (tiny random-weight members, coarse selective search); every torchrun
+here starts real processes, so the tests compare what they wrote on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from detector import run
+from detector.core.distributed import Shard
+from detector.core.locks import lock_output
+from detector.log_parts import list_parts, part_path
+from detector.outputs import read_log
+from tests.conftest import FAST, save_random_members
+
+pytestmark = pytest.mark.slow
+
+SOURCES = [data.astronaut, data.coffee, data.chelsea, data.rocket, data.camera, data.coins]
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory) -> list[str]:
+    return [str(p) for p in save_random_members(tmp_path_factory.mktemp("members"))]
+
+
+def write_images(folder: Path, n: int) -> Path:
+    """``n`` small photographs (crops of six, at several sizes): distinct files and pixels."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        image = SOURCES[i % len(SOURCES)]()
+        image = image if image.ndim == 3 else np.dstack([image] * 3)
+        image = cv2.resize(image, (120 + 7 * i, 100 + 3 * (i % 5)))
+        Image.fromarray(np.ascontiguousarray(image)).save(folder / f"im{i:03d}.png")
+    return folder
+
+
+def argv(images: Path, out: Path, members: list[str], *extra: str) -> list[str]:
+    return [
+        "--images",
+        str(images),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        "--submission",
+        str(out / "submission.txt"),
+        "--checkpoints",
+        *members,
+        *extra,
+        *FAST,
+    ]
+
+
+def torchrun(nproc: int, args: list[str], tmp: Path, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={nproc}", "-m", "detector.run", *args]
+    env = {**os.environ, "INCEPTION_RCNN_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, text=True, **popen)
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str]:
+    out, _ = process.communicate(timeout=600)
+    return process.returncode, out or ""
+
+
+def log_records(out: Path) -> tuple[dict, list[dict]]:
+    header, records, _ = read_log(out / "detections.jsonl")
+    assert header is not None
+    return header, records
+
+
+def assert_same_records(ours: list[dict], reference: list[dict]) -> None:
+    """Same images in the same order, same labels, scores and boxes within fp tolerance."""
+    assert [r["image"] for r in ours] == [r["image"] for r in reference]
+    for a, b in zip(ours, reference, strict=True):
+        assert a["ok"] and b["ok"], (a, b)
+        da, db = a["detections"], b["detections"]
+        assert da["labels"] == db["labels"], a["image"]
+        np.testing.assert_allclose(da["scores"], db["scores"], atol=1e-5)
+        np.testing.assert_allclose(
+            np.reshape(da["boxes"], (-1, 4)), np.reshape(db["boxes"], (-1, 4)), atol=1e-3
+        )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, members) -> tuple[Path, list[dict]]:
+    """One process over 24 images: what every scale-out run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    images = write_images(tmp / "images", 24)
+    out = tmp / "one"
+    assert run.main(argv(images, out, members)) == 0
+    return images, log_records(out)[1]
+
+
+def test_two_ranks_write_what_one_process_writes(tmp_path, members, reference):
+    images, expected = reference
+    out = tmp_path / "two"
+    started = time.perf_counter()
+    rc, text = finished(torchrun(2, argv(images, out, members), tmp_path, stdout=subprocess.PIPE))
+    assert rc == 0, text
+    print(f"2 ranks: {time.perf_counter() - started:.1f} s for {len(expected)} images")
+    header, records = log_records(out)
+    assert_same_records(records, expected)
+    assert header == read_log(images.parent / "one" / "detections.jsonl")[0]
+    assert not list_parts(out / "detections.jsonl")  # merged, then removed
+    ours = (out / "submission.txt").read_text().splitlines()
+    theirs = (images.parent / "one" / "submission.txt").read_text().splitlines()
+    assert len(ours) == len(theirs) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["this_run"]["ranks"] == 2 and summary["this_run"]["processed"] == 24
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    """The pid of torchrun's worker with ``RANK=rank`` (a child of the launcher)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == launcher.pid and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def _count_records(path: Path) -> int:
+    try:
+        return len(read_log(path)[1])
+    except (OSError, ValueError):
+        return 0
+
+
+def test_a_killed_rank_then_resume_with_another_world_size(tmp_path, members, reference):
+    images, expected = reference
+    out = tmp_path / "killed"
+    args = argv(images, out, members)
+    launcher = torchrun(2, args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    part = part_path(out / "detections.jsonl", Shard(1, 2))
+    deadline = time.monotonic() + 300
+    while _count_records(part) < 2 and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim = _rank_pid(launcher, 1)
+    assert victim is not None, "rank 1 ended before it could be killed"
+    os.kill(victim, signal.SIGKILL)
+    rc, text = finished(launcher)
+    assert rc != 0, text
+    written = _count_records(part)
+    assert 2 <= written < 12, f"rank 1 was not killed mid-run ({written} of 12 recorded)"
+    assert read_log(out / "detections.jsonl")[1] == []  # nothing merged yet
+
+    rc, text = finished(torchrun(3, [*args, "--resume"], tmp_path, stdout=subprocess.PIPE))
+    assert rc == 0, text
+    _, records = log_records(out)
+    assert_same_records(records, expected)  # nothing lost, nothing twice, list order
+    assert not list_parts(out / "detections.jsonl")
+
+
+def test_shards_of_a_job_array_merge_into_the_whole_run(tmp_path, members, reference):
+    images, expected = reference
+    out = tmp_path / "array"
+    args = argv(images, out, members)
+    assert run.main([*args, "--shard", "1/3"]) == 0
+    assert run.main([*args, "--shard", "0/3"]) == 0
+    assert not (out / "detections.jsonl").exists()
+    assert run.main([*args, "--shard", "0/3"]) == 2  # the same task twice: refused
+    assert run.main([*args, "--shard", "0/3", "--resume"]) == 0  # nothing left to do
+    assert len(list_parts(out / "detections.jsonl")) == 2
+    # The merge (a whole run with --resume) detects the share nobody ran (2/3) itself.
+    assert run.main([*args, "--resume"]) == 0
+    _, records = log_records(out)
+    assert_same_records(records, expected)
+    assert not list_parts(out / "detections.jsonl")
+    assert (out / "submission.txt").read_text() == (
+        images.parent / "one" / "submission.txt"
+    ).read_text()
+
+
+def test_overwrite_of_one_share_never_drops_the_whole_log(tmp_path, members, reference, capsys):
+    images, _ = reference
+    out = tmp_path / "whole"
+    small = write_images(tmp_path / "few", 3)
+    args = argv(small, out, members)
+    assert run.main(args) == 0
+    before = (out / "detections.jsonl").read_bytes()
+    capsys.readouterr()
+    assert run.main([*args, "--shard", "0/2", "--overwrite"]) == 2
+    assert "replaces this share's part only" in capsys.readouterr().err
+    assert (out / "detections.jsonl").read_bytes() == before
+
+
+# ---- the lock -----------------------------------------------------------------------------
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from detector.core.distributed import Shard
+from detector.core.locks import lock_output
+lock = lock_output(Path(sys.argv[1]), Shard.parse(sys.argv[2]))
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def hold(folder: Path, shard: str = "0/1") -> subprocess.Popen:
+    """Another live process holding ``folder``'s lock (as a run or as share ``shard``)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), shard], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_run_or_a_resume_beside_a_live_run_is_refused(tmp_path, members, capsys):
+    images = write_images(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    args = argv(images, out, members)
+    assert run.main(args) == 0
+    before = (out / "detections.jsonl").read_bytes()
+    holder = hold(out)
+    try:
+        for extra in ([], ["--resume"], ["--overwrite"], ["--shard", "0/2"]):
+            capsys.readouterr()
+            assert run.main([*args, *extra]) == 2, extra
+            err = capsys.readouterr().err
+            assert "another live run is writing here" in err and f"pid {holder.pid}" in err
+            assert (out / "detections.jsonl").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_live_share_refuses_a_whole_run_but_not_another_share(tmp_path, members, capsys):
+    images = write_images(tmp_path / "images", 4)
+    out = tmp_path / "out"
+    args = argv(images, out, members)
+    holder = hold(out, "0/2")
+    try:
+        assert run.main(args) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert run.main([*args, "--shard", "0/2"]) == 2  # the same task twice
+        assert run.main([*args, "--shard", "1/2"]) == 0  # its sibling runs beside it
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, members, capsys):
+    images = write_images(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    holder = hold(out)
+    holder.kill()  # SIGKILL: it never released the lock
+    holder.wait()
+    assert run.main(argv(images, out, members)) == 0
+    err = capsys.readouterr().err
+    assert f"locked by a run that stopped without finishing (pid {holder.pid}" in err
+    lock = lock_output(out, Shard())  # the finished run left the folder free
+    assert lock.previous is None
+    lock.release()
