@@ -5,8 +5,10 @@ What it scores:
                         <ymin> <xmax> <ymax>'); only the annotations are read
     --detections DIR    a ``python -m detector.run`` output folder (its detections.jsonl), or
                         the detections.jsonl itself: images matched to the split by path
-    (no --detections)   runs the detector on the split's images first (with a progress bar)
-                        and writes the submission it scores to --output-dir
+    (no --detections)   runs the detector on the split's images first (``detector.run``
+                        into <--output-dir>/<split>/, so an interrupted or repeated
+                        evaluation continues that run; --overwrite starts it over) and
+                        writes the submission it scores to --output-dir
 
 Examples:
     # score a submission file
@@ -18,6 +20,8 @@ Examples:
         --detections val.txt --classes /data/ILSVRC2014/devkit/data/map_det.txt
     # run the detector on the split's images first (writes the submission it scores)
     python -m eval.map --split val --output-dir runs/eval --plot-pr runs/eval/pr
+    # the same on 4 GPUs (or CPU processes): the ranks share the images, rank 0 scores
+    torchrun --nproc_per_node 4 -m eval.map --split val --output-dir runs/eval
     # with no --data-root and data.root empty: the embedded demo dataset
     python -m eval.map --split val --detections runs/demo/val_submission.txt
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector.core.config import Config, ConfigError, add_config_args, load_config, parse_args
+from detector.core.distributed import World
 
 if TYPE_CHECKING:  # the heavy modules (numpy, torch) are imported after parsing: --help is fast
     from detector.core.structures import ClassList, ImageRecord
@@ -77,7 +83,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir",
         default=None,
-        help="where the detector's submission file is written (default: config eval.output_dir)",
+        help="where the detector's run (<DIR>/<split>/: log, summary) and submission file go "
+        "(default: config eval.output_dir); a re-run continues that run",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the detector's run in --output-dir over instead of continuing it",
     )
     parser.add_argument(
         "--max-images",
@@ -163,6 +175,7 @@ class MapOptions:
     no_coco_check: bool = False
     no_progress: bool = False
     coco_check: bool = False  # run the cross-check above eval.coco_check_max_images too
+    overwrite: bool = False  # the detector's run starts over instead of resuming
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MapOptions:
@@ -194,7 +207,10 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
         if args.max_images > 0:
             records = records[: args.max_images]
         out_dir = expand(args.output_dir or cfg.eval.output_dir)
-        submission = run_detector(cfg, records, split, out_dir, progress=not args.no_progress)
+        status = run_detector(cfg, records, split, out_dir, args)
+        if status not in (0, 1) or not World.from_env().is_main:
+            return status  # the run printed why; under torchrun rank 0 scores
+        submission = out_dir / f"{split}_submission.txt"
         arrays = read_submission(
             submission, num_classes=len(classes), image_indices=[r.index for r in records]
         )
@@ -227,45 +243,45 @@ def evaluate_split(cfg: Config, args: MapOptions) -> int:
 
 
 def run_detector(
-    cfg: Config, records: list[ImageRecord], split: str, out_dir: Path, progress: bool = True
-) -> Path:
-    """Detect on every image of ``records``, write the capped submission file, return its path."""
+    cfg: Config, records: list[ImageRecord], split: str, out_dir: Path, args: MapOptions
+) -> int:
+    """Detect on every image of ``records`` with ``detector.run`` (so a re-run resumes, and
+    under torchrun the ranks share the images), then write the capped submission file
+    ``<out_dir>/<split>_submission.txt``. Returns ``detector.run``'s exit status."""
     missing = [r.image_id for r in records if r.path is None]
     if missing:
         raise InputError(
             f"split {split!r}: no image file for {missing[0]} ({len(missing)} missing)"
         )
-    from eval.submission import cap_per_class, from_detections, write_submission
+    from detector.core.atomic import atomic_write_text
+    from detector.run import RunOptions, detect_folder
+    from eval.submission import write_submission
 
-    target = out_dir / f"{split}_submission.txt"
+    image_list = out_dir / f"{split}_images.txt"
+    run_dir = out_dir / split
+    world = World.from_env()
+    if world.is_main:  # the other ranks read rank 0's listing
+        text = "".join(f"{os.path.abspath(r.path)}\n" for r in records)
+        if not image_list.is_file() or image_list.read_text() != text:
+            atomic_write_text(image_list, text)
     print(
-        f"eval.map: running the detector on {len(records)} images of split {split} -> {target}",
+        f"eval.map: running the detector on {len(records)} images of split {split} -> {run_dir}",
         flush=True,
     )
-    from tqdm import tqdm
-
-    from detector.detector import Detector
-
-    detector = Detector.from_config(cfg)
-    by_path = {str(r.path): r.index for r in records}
-    items = []
-    paths = [str(r.path) for r in records]
-    workers = cfg.proposals.selective_search.workers
-    bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
-    try:
-        for item, result in detector.detect_many(paths, workers=workers):
-            bar.update(1)
-            if isinstance(result, Exception):
-                # one unreadable image loses its detections, never the run
-                bar.write(f"eval.map: warning: {item}: {result}", file=sys.stderr)
-                continue
-            items.append((by_path[str(item)], result))
-    finally:
-        bar.close()
-    arrays = cap_per_class(from_detections(items), cfg.eval.max_per_class_total)
-    path = write_submission(target, arrays)
-    print(f"detections: {len(arrays)} on {len(records)} images -> {path}")
-    return path
+    resume = (run_dir / "detections.jsonl").exists() and not args.overwrite
+    options = RunOptions(
+        images=str(image_list),
+        output_dir=str(run_dir),
+        resume=resume,
+        overwrite=args.overwrite,
+        no_progress=args.no_progress,
+    )
+    status = detect_folder(cfg, options)
+    if status in (0, 1) and world.is_main:
+        arrays = detections_from_log(run_dir / "detections.jsonl", records, split, cfg)
+        path = write_submission(out_dir / f"{split}_submission.txt", arrays)
+        print(f"detections: {len(arrays)} on {len(records)} images -> {path}")
+    return status
 
 
 def load_detections(

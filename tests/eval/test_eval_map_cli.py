@@ -284,11 +284,20 @@ def test_runs_the_detector_when_no_detections_given(tree, tmp_path, capsys):
     submission = out / "val_submission.txt"
     assert submission.is_file() and f"-> {submission}" in text
     # It says what it is doing before the models load, and shows progress.
-    assert f"eval.map: running the detector on 2 images of split val -> {submission}" in text
+    assert f"eval.map: running the detector on 2 images of split val -> {out / 'val'}" in text
     assert "2/2" in captured.err
     assert "split val, 2 images" in text and "mAP: " in text
     rows = [ln.split() for ln in submission.read_text().splitlines()]
     assert all(len(r) == 7 and r[0] in ("1", "2") and 1 <= int(r[1]) <= 3 for r in rows)
+    # The run is detector.run's, in <output-dir>/val: a second evaluation continues it (no
+    # image detected again, the same submission), --overwrite detects again.
+    first = submission.read_text()
+    assert eval_map.main(argv + ["--no-coco-check", *overrides]) == 0
+    assert "this run 0 images" in capsys.readouterr().out
+    assert submission.read_text() == first
+    assert eval_map.main(argv + ["--no-coco-check", "--overwrite", *overrides]) == 0
+    assert "this run 2 images" in capsys.readouterr().out
+    assert submission.read_text() == first
 
 
 def test_real_root_without_checkpoints_never_uses_the_demo_models(
