@@ -1,8 +1,10 @@
 """Proposals of an image: cached selective search + MultiBox, merged.
 
 ``ProposalGenerator`` is the ``propose`` step of the detector. Selective search (~0.6 s an
-image) is cached on disk by image content and settings; MultiBox (one forward pass) is
-recomputed. Either source may be disabled.
+image) is cached on disk by image content and settings; so is MultiBox (one forward pass),
+keyed by its checkpoint's SHA-256 and settings, when it was loaded from a checkpoint
+(``python -m proposals.precompute`` fills the cache for a whole split). Either source may
+be disabled.
 
 Example::
 
@@ -92,7 +94,7 @@ class ProposalGenerator:
                 its worker processes (this call waits for it) instead of in this thread.
         """
         ss = self._selective_search(image, pool)
-        mb = self.multibox.propose(image) if self.multibox is not None else Proposals()
+        mb = self.multibox_many([image])[0]
         return _clipped(merge_proposals(ss, mb), image)
 
     def propose_many(
@@ -109,11 +111,7 @@ class ProposalGenerator:
             ss_future = thread.submit(
                 self._selective_search_many, images, self.workers if workers is None else workers
             )
-            mb = (
-                self.multibox.propose_batch(images)
-                if self.multibox is not None
-                else [Proposals() for _ in images]
-            )
+            mb = self.multibox_many(images)
             ss = ss_future.result()
         return [
             _clipped(merge_proposals(s, m), im) for s, m, im in zip(ss, mb, images, strict=True)
@@ -151,6 +149,34 @@ class ProposalGenerator:
         if self.ss_settings is None:
             return None
         return SelectiveSearchPool(self.workers if workers is None else workers, **self.ss_settings)
+
+    def cached(self, image: np.ndarray) -> bool:
+        """Whether every enabled source of ``image`` is already in the cache."""
+        if self.cache is None:
+            return False
+        keys = [self._key(image)] if self.ss_settings is not None else []
+        if self.multibox is not None:
+            identity = self.multibox.identity
+            keys.append(cache_key(image, identity) if identity else None)
+        return all(k is not None and self.cache.path(k).is_file() for k in keys)
+
+    def multibox_many(self, images: Sequence[np.ndarray]) -> list[Proposals]:
+        """MultiBox's proposals of each image (empty when it is off), from the cache where
+        there, the rest in batched forward passes (then cached)."""
+        if self.multibox is None:
+            return [Proposals() for _ in images]
+        identity = self.multibox.identity if self.cache is not None else None
+        keys = [cache_key(im, identity) if identity else None for im in images]
+        out = [
+            self.cache.get(k, _size(im)) if k else None for k, im in zip(keys, images, strict=True)
+        ]
+        todo = [i for i, p in enumerate(out) if p is None]
+        computed = self.multibox.propose_batch([images[i] for i in todo]) if todo else []
+        for i, proposals in zip(todo, computed, strict=True):
+            out[i] = proposals
+            if keys[i]:
+                self.cache.put(keys[i], proposals)
+        return out
 
     def _selective_search(
         self, image: np.ndarray, pool: SelectiveSearchPool | None = None

@@ -30,6 +30,7 @@ LIGHT = [  # (module, arguments before --help)
     ("detector.demo", []),
     ("detector.train", []),
     ("proposals.multibox", ["train"]),
+    ("proposals.precompute", []),
     ("benchmarks.run", []),
 ]
 

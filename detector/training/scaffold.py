@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +40,14 @@ from detector.core.atomic import atomic_write_text
 from detector.core.checkpoints import load_weights_only, save_weights_only
 from detector.core.config import TrainConfig
 from detector.core.devices import DeviceError, autocast_dtype, resolve_device, resolve_precision
+from detector.core.distributed import World
 
 TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
 def is_main_process() -> bool:
     """True for rank 0 of a torchrun job, and for a process started without torchrun."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return World.from_env().is_main
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,11 @@ def setup(train: TrainConfig) -> TrainContext:
     Raises:
         DeviceError: a device or precision this machine cannot train with.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
+    world = World.from_env()
+    local_rank = world.local_rank
     device = resolve_device(train.device, local_rank)
     precision = train_precision(train.precision, device)
-    if world <= 1:
+    if not world.distributed:
         return TrainContext(0, 1, 0, device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)

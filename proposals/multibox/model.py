@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,6 +42,7 @@ from detector.core.checkpoints import (
     read_safetensors,
     write_safetensors,
 )
+from detector.core.digests import file_sha256
 from detector.core.structures import Proposals, ProposalSource
 
 FEATURE_DIM = 1024  # GoogLeNet's pooled features (inception5b)
@@ -224,6 +226,9 @@ class MultiBox:
         self.input_size = input_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.top_k, self.nms_iou, self.batch_size = top_k, nms_iou, batch_size
+        # What its proposals depend on, for the proposal cache; None = not cached (a network
+        # built in memory has no checkpoint to name it by).
+        self.identity: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(
@@ -242,7 +247,7 @@ class MultiBox:
         checkpoint's: a mismatch is a :class:`CheckpointError` saying what was expected.
         """
         net, meta = load_checkpoint(path, num_priors=num_priors, input_size=input_size)
-        return cls(
+        model = cls(
             net,
             input_size=meta["input_size"],
             mean=meta["mean"],
@@ -251,6 +256,13 @@ class MultiBox:
             nms_iou=nms_iou,
             device=device,
         )
+        model.identity = {
+            "source": "multibox",
+            "checkpoint_sha256": file_sha256(path),
+            "top_k": top_k,
+            "nms_iou": nms_iou,
+        }
+        return model
 
     def propose(self, image: np.ndarray) -> Proposals:
         """image (uint8[H, W, 3]) -> Proposals (at most top_k, descending score)."""

@@ -118,7 +118,9 @@ def test_setup_alone(monkeypatch):
 
 def test_is_main_process_reads_rank(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert scaffold.is_main_process()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun sets both
     monkeypatch.setenv("RANK", "1")
     assert not scaffold.is_main_process()
     monkeypatch.setenv("RANK", "0")
