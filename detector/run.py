@@ -387,25 +387,7 @@ def release(plan: Plan, status: int) -> None:
 
 
 def run_plan(cfg: Config, args: RunOptions, plan: Plan) -> int:
-    listing = plan.listing
-    names, images = listing.names, listing.images
-    share = "" if plan.shard.whole else f" (share {plan.shard})"
-    print(
-        f"detector.run: {len(names)} images{share} from the {listing.kind} {args.images} -> "
-        f"{plan.out_dir}"
-    )
-    if listing.skipped:
-        print(
-            f"detector.run: note: {listing.skipped} images in subfolders of {args.images} "
-            "skipped; pass --recursive to include them",
-            file=sys.stderr,
-        )
-    for folder in listing.unlistable:
-        print(
-            f"detector.run: warning: cannot list {folder}; its images are left out", file=sys.stderr
-        )
-    if not images:
-        print(f"detector.run: warning: no images found in {args.images}", file=sys.stderr)
+    announce(args, plan)
     records = dict(plan.existing or {})
     todo = plan.todo()
     started = time.perf_counter()
@@ -424,6 +406,29 @@ def run_plan(cfg: Config, args: RunOptions, plan: Plan) -> int:
         return share_done(args, plan, todo, records)
     stats = run_stats(len(todo), time.perf_counter() - started, loop_seconds)
     return finish_run(cfg, args, plan, stats)
+
+
+def announce(args: RunOptions, plan: Plan, ranks: int = 1) -> None:
+    """What the run is about to do, and what it leaves out of the source."""
+    listing = plan.listing
+    share = "" if plan.shard.whole else f" (share {plan.shard})"
+    share += f" ({ranks} ranks)" if ranks > 1 else ""
+    print(
+        f"detector.run: {len(listing.names)} images{share} from the {listing.kind} "
+        f"{args.images} -> {plan.out_dir}"
+    )
+    if listing.skipped:
+        print(
+            f"detector.run: note: {listing.skipped} images in subfolders of {args.images} "
+            "skipped; pass --recursive to include them",
+            file=sys.stderr,
+        )
+    for folder in listing.unlistable:
+        print(
+            f"detector.run: warning: cannot list {folder}; its images are left out", file=sys.stderr
+        )
+    if not listing.images:
+        print(f"detector.run: warning: no images found in {args.images}", file=sys.stderr)
 
 
 def finish_run(cfg: Config, args: RunOptions, plan: Plan, stats: dict[str, Any]) -> int:
@@ -485,6 +490,8 @@ def detect_ranks(cfg: Config, args: RunOptions, world: World, group: Group) -> i
     if isinstance(shared, int):
         return shared
     plan = plan if world.is_main else shared
+    if world.is_main:
+        announce(args, plan, world.size)
     try:
         status = _detect_share(cfg, args, world, group, plan)
     finally:
@@ -498,12 +505,12 @@ def _detect_share(cfg: Config, args: RunOptions, world: World, group: Group, pla
     share = replace(plan, shard=world.shard, writes=part_path(plan.log, world.shard), fresh=True)
     todo = share.todo()
     detector = build_detector(cfg) if todo else None
-    status = detector if isinstance(detector, int) else OK
-    if world.is_main and status == OK and plan.fresh:
-        status = _start_fresh_log(plan)
-    statuses = group.gather(status)  # nobody writes a part before the log is ready
-    if any(s != OK for s in statuses):
-        return max(statuses)
+    built = group.gather(detector if isinstance(detector, int) else OK)
+    if any(s != OK for s in built):
+        return max(built)  # every rank stops before an old log is touched
+    ready = group.gather(_start_fresh_log(plan) if world.is_main and plan.fresh else OK)
+    if any(s != OK for s in ready):
+        return max(ready)  # nobody writes a part before the log is ready
     status, seconds = detect_into(detector, cfg, args, share, todo, {}, progress=world.is_main)
     results = group.gather((status, len(todo), seconds))  # waits for the slowest rank
     if not world.is_main:

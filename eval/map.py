@@ -264,10 +264,11 @@ def run_detector(
         text = "".join(f"{os.path.abspath(r.path)}\n" for r in records)
         if not image_list.is_file() or image_list.read_text() != text:
             atomic_write_text(image_list, text)
-    print(
-        f"eval.map: running the detector on {len(records)} images of split {split} -> {run_dir}",
-        flush=True,
-    )
+        print(
+            f"eval.map: running the detector on {len(records)} images of split {split} -> "
+            f"{run_dir}",
+            flush=True,
+        )
     resume = (run_dir / "detections.jsonl").exists() and not args.overwrite
     options = RunOptions(
         images=str(image_list),

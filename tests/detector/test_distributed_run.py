@@ -273,3 +273,41 @@ def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, members, capsys):
     lock = lock_output(out, Shard())  # the finished run left the folder free
     assert lock.previous is None
     lock.release()
+
+
+def test_eval_map_under_torchrun_scores_what_one_process_scores(tmp_path, tiny_tree):
+    """``torchrun -m eval.map`` (no --detections): the ranks detect, rank 0 scores; the
+    submission and the mAP equal a one-process evaluation's."""
+    from detector.datasets.classes import load_classes
+    from eval.map import main as eval_map
+
+    models = save_random_members(tmp_path / "m", classes=load_classes(tiny_tree / "map_det.txt"))
+    overrides = [f"model.checkpoints=[{','.join(map(str, models))}]", "model.members=2", *FAST]
+    overrides.append("inference.score_threshold=0.05")  # 7 random outputs score ~1/7 each
+    common = ["--data-root", str(tiny_tree), "--split", "val", "--no-coco-check", "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (
+        eval_map([*common, "--output-dir", str(one), "--json", str(one / "map.json")] + overrides)
+        == 0
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [
+        "-m",
+        "eval.map",
+        *common,
+        "--output-dir",
+        str(two),
+        "--json",
+        str(two / "map.json"),
+    ]
+    env = {**os.environ, "INCEPTION_RCNN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*command, *overrides], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("mAP: ") == 1  # rank 0 alone reports
+    ours, theirs = (json.loads((d / "map.json").read_text()) for d in (two, one))
+    assert ours["classes"] == theirs["classes"]  # per class: AP, positives, detections, hits
+    assert ours["mAP_classes_with_positives"] == theirs["mAP_classes_with_positives"]
+    assert sum(row["num_dets"] for row in ours["classes"]) > 0
+    assert (two / "val_submission.txt").read_text() == (one / "val_submission.txt").read_text()
