@@ -145,6 +145,7 @@ class TrainConfig:
     fg_fraction: float = 0.25  # 32 positives per 128
     fg_iou: float = 0.5  # positive: IoU >= fg_iou with a ground truth of that class
     bg_iou: float = 0.5  # background: max IoU < bg_iou
+    background_from: str = "complete"  # complete: background regions only from images boxed for every class (ImageRecord.exhaustive) | all: from every image, as R-CNN's fine-tuning windows
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -52,6 +52,15 @@ class ImageRecord:
         width, height: image size in pixels from the annotation (0 when unknown).
         boxes (float32[N, 4]): ground-truth boxes, internal xyxy.
         labels (int64[N]): class ids, 1..K (0 is background and never appears here).
+        complete_for: the classes whose every instance in the image is boxed; None = all
+            classes (an exhaustively annotated image: ILSVRC val, the 2014 train additions,
+            COCO, VOC). A 2013 ILSVRC train image listed in ``train_pos_X`` is complete for
+            X only: its unboxed regions may hold objects of other classes, so training takes
+            no background from it (``train.background_from``).
+        ignore_boxes (float32[M, 4]): regions that are neither object nor background (COCO
+            crowd boxes): proposals mostly inside one are left out of training.
+        source: where the record came from in a composed split (``val1``,
+            ``train_pos_1k``, ...); "" for a plain list.
     """
 
     image_id: str
@@ -61,10 +70,19 @@ class ImageRecord:
     height: int
     boxes: np.ndarray = field(default_factory=empty_boxes)
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
+    complete_for: frozenset[int] | None = None
+    ignore_boxes: np.ndarray = field(default_factory=empty_boxes)
+    source: str = ""
+
+    @property
+    def exhaustive(self) -> bool:
+        """Every object of every class is boxed (background may be taken anywhere)."""
+        return self.complete_for is None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.ignore_boxes = np.asarray(self.ignore_boxes, dtype=np.float32).reshape(-1, 4)
         if len(self.boxes) != len(self.labels):
             raise ValueError(
                 f"{self.image_id}: {len(self.boxes)} boxes but {len(self.labels)} labels"
