@@ -14,7 +14,9 @@ Loss of one image = alpha / 2 * sum of the matched squared corner errors
                     + sum over all K slots of the binary cross-entropy (matched = 1, else 0).
 The batch loss is the mean of the per-image losses (a sum over slots, a mean over images):
 the per-image scale is the paper's, and the learning rate does not depend on the batch size.
-An image without ground truth contributes only its K negatives.
+An image without ground truth contributes only its K negatives. An image whose annotation
+is not complete for every class (``negatives`` False, see ``train.background_from``)
+contributes only its matched slots: an unmatched slot there may sit on an unboxed object.
 """
 
 from __future__ import annotations
@@ -61,7 +63,11 @@ def match(
 
 
 def loss_terms(
-    pred_boxes: Tensor, logits: Tensor, gt: list[Tensor], alpha: float
+    pred_boxes: Tensor,
+    logits: Tensor,
+    gt: list[Tensor],
+    alpha: float,
+    negatives: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The two terms of :func:`multibox_loss`, each already averaged over the images.
 
@@ -70,6 +76,8 @@ def loss_terms(
         logits (Tensor[B, K]): objectness logits.
         gt: B tensors (Tensor[M_b, 4]) of normalised ground-truth boxes (M_b may be 0).
         alpha: weight of the location term.
+        negatives (Tensor[B] bool): whether image b's unmatched slots are negatives; None =
+            all images are exhaustively annotated.
     Returns:
         location (Tensor[]): alpha / 2 * matched squared errors, mean over images.
         confidence (Tensor[]): BCE summed over slots, mean over images.
@@ -88,7 +96,10 @@ def loss_terms(
         targets[b, slots_t] = 1.0
         err = pred_boxes[b, slots_t] - boxes[torch.as_tensor(gts, device=boxes.device)]
         location = location + alpha / 2 * (err**2).sum()
-    confidence = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    weight = None
+    if negatives is not None:  # unmatched slots count only where the image is fully boxed
+        weight = torch.where(negatives.to(logits.device)[:, None], 1.0, targets)
+    confidence = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="sum")
     return location / batch, confidence / batch
 
 

@@ -179,7 +179,9 @@ class Detections:
         """JSON-ready form (boxes as lists of floats, internal xyxy)."""
         return {
             "boxes": np.round(self.boxes.astype(np.float64), 2).tolist(),
-            "scores": [round(float(s), 6) for s in self.scores],
+            # 9 significant digits, as the submission writes them: a float32 score whole, so
+            # the log ranks detections exactly as the detector did (no ties from rounding)
+            "scores": [float(f"{float(s):.9g}") for s in self.scores],
             "labels": [int(v) for v in self.labels],
             "class_names": list(self.class_names),
             "num_proposals": int(self.num_proposals),

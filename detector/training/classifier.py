@@ -42,8 +42,10 @@ seen about once per epoch (background regions, far more numerous, are subsampled
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,16 +105,22 @@ def compute_proposals(
     cfg: Config, records: list[ImageRecord], device: torch.device
 ) -> list[Proposals | None]:
     """Proposals of every record through the cached proposal stage (None: the image failed)."""
+    return list(stream_proposals(cfg, records, device))
+
+
+def stream_proposals(
+    cfg: Config, records: list[ImageRecord], device: torch.device
+) -> Iterator[Proposals | None]:
+    """:func:`compute_proposals` one record at a time (each image decoded once), so the
+    region pool can be built without holding every image's proposals."""
     generator = ProposalGenerator.from_config(cfg, device=str(device))
     paths = [r.path for r in records]
-    out: list[Proposals | None] = []
     workers = cfg.proposals.selective_search.workers
     for result in generator.propose_files(paths, max_pixels=cfg.data.max_pixels, workers=workers):
         if isinstance(result, ImageLoadError):  # one bad image must not cost the run
             print(f"{PREFIX}: skipping {result}", file=sys.stderr)
             result = None
-        out.append(result)
-    return out
+        yield result
 
 
 @dataclass
@@ -131,11 +139,25 @@ def prepare_split(
     Args:
         max_images: keep the first this many records (0 = all; ``train.max_images``).
     """
+    records, classes = split_records(cfg, split, max_images=max_images)
+    return Split(records, compute_proposals(cfg, records, device)), classes
+
+
+def split_records(
+    cfg: Config, split: str, *, max_images: int = 0
+) -> tuple[list[ImageRecord], ClassList]:
+    """The records of ``split`` that have an image file (the first ``max_images``; 0 = all)."""
     records, classes = open_split(cfg.data, split)
     records = with_images(records)
-    if max_images:
-        records = records[:max_images]
-    return Split(records, compute_proposals(cfg, records, device)), classes
+    return (records[:max_images] if max_images else records), classes
+
+
+def training_records(cfg: Config, *, max_images: int = 0) -> tuple[list[ImageRecord], ClassList]:
+    """The records of ``data.train_split`` that can give training regions: an image file,
+    and ground truth or (``train.background_from``) background."""
+    records, classes = split_records(cfg, cfg.data.train_split, max_images=max_images)
+    everywhere = cfg.train.background_from == "all"
+    return [r for r in records if len(r.labels) or r.exhaustive or everywhere], classes
 
 
 def steps_per_epoch(pool: RegionPool, *, batch_size: int, fg_fraction: float) -> int:
@@ -272,13 +294,18 @@ def train_member(
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed = cfg.train.seed + member
+    spill = output_dir / f".region-pool-member{member}-rank{ctx.rank}"
+    shutil.rmtree(spill, ignore_errors=True)  # a killed run's memory-mapped pool
     with ctx.main_first():  # rank 0 computes (and caches) the proposals, the others reuse them
-        train, classes = prepare_split(
-            cfg, cfg.data.train_split, ctx.device, max_images=cfg.train.max_images
+        records, classes = training_records(cfg, max_images=cfg.train.max_images)
+        pool = build_region_pool(
+            records,
+            stream_proposals(cfg, records, ctx.device),
+            fg_iou=cfg.train.fg_iou,
+            bg_iou=cfg.train.bg_iou,
+            background_from=cfg.train.background_from,
+            spill_dir=spill,
         )
-    pool = build_region_pool(
-        train.records, train.proposals, fg_iou=cfg.train.fg_iou, bg_iou=cfg.train.bg_iou
-    )
     if len(pool) == 0:
         raise ValueError(
             f"split {cfg.data.train_split!r}: no training regions (no images, or every image failed)"
@@ -310,7 +337,7 @@ def train_member(
     model = ctx.wrap(model)
     batches = RegionBatches(
         pool,
-        ImageCache([r.path for r in train.records], cfg.data.max_pixels),
+        ImageCache([r.path for r in records], cfg.data.max_pixels),
         seed=seed,
         batch_size=cfg.train.batch_size,
         fg_fraction=cfg.train.fg_fraction,
@@ -320,7 +347,10 @@ def train_member(
         world_size=ctx.world_size,
     )
     loop = Loop(cfg, member, seed, model, optimizer, ctx, log, per_epoch)
-    loop.run(batches, start, total, classes, val, ckpt, state_path)
+    try:
+        loop.run(batches, start, total, classes, val, ckpt, state_path)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     return ckpt
 
 

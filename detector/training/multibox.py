@@ -108,15 +108,17 @@ class MultiBoxDataset(Dataset):
         std: tuple[float, ...] | list[float],
         flip: bool,
         max_pixels: int,
+        background_from: str,
     ) -> None:
         self.records, self.input_size = records, input_size
+        self.everywhere = background_from == "all"
         self.mean, self.std = tuple(mean), tuple(std)
         self.flip, self.max_pixels = flip, max_pixels
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, bool] | None:
         """None for an unreadable image (warned about): one bad file does not stop training."""
         rec = self.records[i]
         try:
@@ -131,16 +133,20 @@ class MultiBoxDataset(Dataset):
             image = np.ascontiguousarray(image[:, ::-1])
             boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1)
         x = preprocess(image, self.input_size, self.mean, self.std)
-        return x, torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4))
+        negatives = self.everywhere or rec.exhaustive  # unmatched slots are no-object
+        return x, torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)), negatives
 
 
-def collate(batch: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, list[Tensor]] | None:
-    """-> images (Tensor[B, 3, S, S]), boxes (B tensors [M_b, 4]); unreadable images left out
-    (None when none is left)."""
+def collate(
+    batch: list[tuple[Tensor, Tensor, bool] | None],
+) -> tuple[Tensor, list[Tensor], Tensor] | None:
+    """-> images (Tensor[B, 3, S, S]), boxes (B tensors [M_b, 4]), negatives (Tensor[B]
+    bool: unmatched slots are negatives); unreadable images left out (None when none is left)."""
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
-    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+    negatives = torch.tensor([b[2] for b in batch], dtype=torch.bool)
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch], negatives
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,6 +180,9 @@ def train_multibox(
     ctx = setup(cfg.train)
     torch.manual_seed(mb.seed + ctx.rank)
     records = with_images(open_split(cfg.data, cfg.data.train_split)[0])
+    everywhere = cfg.train.background_from == "all"
+    # an image with nothing boxed and an incomplete annotation teaches nothing
+    records = [r for r in records if len(r.labels) or r.exhaustive or everywhere]
     if not records:
         raise ValueError(f"{cfg.data.root}: split {cfg.data.train_split!r} has no images")
     net, opt, start_epoch, step = _build(cfg, records, out, resume, ctx)
@@ -185,6 +194,7 @@ def train_multibox(
         std=cfg.model.std,
         flip=mb.flip,
         max_pixels=cfg.data.max_pixels,
+        background_from=cfg.train.background_from,
     )
     sampler = (
         DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=mb.seed)
@@ -260,9 +270,10 @@ def _train_epoch(model, opt, loader, epoch, step, cfg, ctx, log, bar, max_steps)
     for batch in loader:
         if batch is None:
             continue
-        images, gts = batch
+        images, gts, negatives = batch
         boxes, logits = model(images.to(ctx.device, non_blocking=True))
-        location, confidence = loss_terms(boxes, logits, [g.to(ctx.device) for g in gts], mb.alpha)
+        gts = [g.to(ctx.device) for g in gts]
+        location, confidence = loss_terms(boxes, logits, gts, mb.alpha, negatives)
         loss = location + confidence
         if not torch.isfinite(loss):
             raise FloatingPointError(

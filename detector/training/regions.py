@@ -16,7 +16,7 @@ and costs one ``torch.flip`` of the crop instead of a copy of the image.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,37 +24,67 @@ import torch
 
 from detector.core.io import load_image
 from detector.core.structures import ImageRecord, Proposals
-from detector.training.sampling import RegionPool, image_regions, sample_minibatch
+from detector.training.sampling import (
+    BACKGROUND_FROM,
+    PoolBuilder,
+    RegionPool,
+    image_regions,
+    sample_minibatch,
+)
 from detector.warp import WarpSettings, warp_regions
 
 IMAGE_CACHE_BYTES = 2 << 30  # decoded training images kept in memory (least recently used go)
+# The region pool stays in memory up to this size, then spills to memory-mapped files:
+# 200,000 images x ~1,000 proposals are ~200M regions, 22 bytes each (4.4 GB).
+POOL_MEMORY_BYTES = 1 << 30
 
 
 def build_region_pool(
     records: Sequence[ImageRecord],
-    proposals: Sequence[Proposals | None],
+    proposals: Iterable[Proposals | None],
     *,
     fg_iou: float,
     bg_iou: float,
+    background_from: str,
+    spill_dir: Path | None = None,
+    max_bytes: int = POOL_MEMORY_BYTES,
 ) -> RegionPool:
     """Label every image's proposals and add its ground truths as positives.
 
     Args:
         records: the training images (ground truth in ``boxes``/``labels``).
-        proposals: one per record; None (an image that failed) contributes nothing.
+        proposals: one per record, consumed one at a time (a generator keeps memory flat);
+            None (an image that failed) contributes nothing.
         fg_iou, bg_iou: ``train.fg_iou`` / ``train.bg_iou`` (see :func:`image_regions`).
+        background_from: ``train.background_from``: ``complete`` takes background only from
+            exhaustively annotated records, ``all`` from every record.
+        spill_dir, max_bytes: past ``max_bytes`` the pool goes to memory-mapped files in
+            ``spill_dir`` (see :class:`PoolBuilder`); None keeps it in memory.
     Returns:
         the pool; ``image_idx`` indexes ``records``.
     """
-    per_image = []
+    if background_from not in BACKGROUND_FROM:
+        raise ValueError(
+            f"train.background_from {background_from!r}: expected one of {', '.join(BACKGROUND_FROM)}"
+        )
+    builder = PoolBuilder(spill_dir, max_bytes)
     for rec, props in zip(records, proposals, strict=True):
         if props is None:
-            per_image.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
+            builder.add(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
             continue
-        per_image.append(
-            image_regions(props.boxes, rec.boxes, rec.labels, fg_iou=fg_iou, bg_iou=bg_iou)
+        background = background_from == "all" or rec.exhaustive
+        builder.add(
+            *image_regions(
+                props.boxes,
+                rec.boxes,
+                rec.labels,
+                fg_iou=fg_iou,
+                bg_iou=bg_iou,
+                background=background,
+                ignore_boxes=rec.ignore_boxes,
+            )
         )
-    return RegionPool.from_images(per_image)
+    return builder.finish()
 
 
 class ImageCache:
@@ -131,9 +161,8 @@ class RegionBatches(torch.utils.data.Dataset):
         if flips.any():
             sel = torch.from_numpy(np.flatnonzero(flips))
             crops[sel] = crops[sel].flip(3)
-        return crops.contiguous(memory_format=torch.channels_last), torch.from_numpy(
-            self.pool.labels[idx].copy()
-        )
+        labels = torch.from_numpy(self.pool.labels[idx].astype(np.int64))
+        return crops.contiguous(memory_format=torch.channels_last), labels
 
     def crops(self, idx: np.ndarray) -> torch.Tensor:
         """Warp regions ``idx`` of the pool, one warp call per image, in ``idx`` order."""

@@ -3,7 +3,12 @@
 Every proposal of a training image is labelled by its best overlap with the image's ground
 truth (R-CNN): IoU >= ``fg_iou`` with a ground truth -> that ground truth's class, max IoU
 < ``bg_iou`` -> background (0), anything in between -> ignored (-1; never sampled). The
-ground-truth boxes themselves join the pool as positives. A mini-batch of ``batch_size``
+ground-truth boxes themselves join the pool as positives. Background is taken only where the
+annotation is complete: an image boxed for some classes only (a 2013 ILSVRC train image,
+:attr:`ImageRecord.exhaustive` False) gives its positives but no background, unless
+``train.background_from`` is ``all`` (R-CNN's fine-tuning windows). Background candidates
+lying mostly inside an ignored region (a COCO crowd box: intersection over the proposal's
+area >= :data:`CROWD_IOA`) are dropped too. A mini-batch of ``batch_size``
 regions (the paper's 128) holds ``round(batch_size * fg_fraction)`` positives (32) and
 background regions (96) drawn at random from the pool of ALL training images (Caffe's
 window data layer), so one batch mixes many images. The settings are ``train.fg_iou``,
@@ -17,12 +22,15 @@ boxes in the inclusive frame (see ``detector.core.structures``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from detector.core.boxes import box_iou
 
 IGNORE = -1  # label of a region with bg_iou <= max IoU < fg_iou: neither positive nor background
+CROWD_IOA = 0.5  # a background candidate this much inside a crowd box is no background (COCO)
+BACKGROUND_FROM = ("complete", "all")  # the values of train.background_from
 
 
 def label_proposals(
@@ -64,10 +72,14 @@ def image_regions(
     *,
     fg_iou: float,
     bg_iou: float,
+    background: bool,
+    ignore_boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training regions of one image: its ground truths (positives) then its labelled proposals.
 
-    Ignored proposals (between bg_iou and fg_iou) are dropped.
+    Ignored proposals (between bg_iou and fg_iou) are dropped; so are all background
+    proposals when ``background`` is False (the image is not boxed for every class) and
+    those mostly inside one of ``ignore_boxes`` (crowd regions).
     Returns:
         boxes (float32[G + P', 4]), labels (int64[G + P']).
     """
@@ -76,51 +88,167 @@ def image_regions(
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     labels, _ = label_proposals(proposals, gt_boxes, gt_labels, fg_iou=fg_iou, bg_iou=bg_iou)
     keep = labels != IGNORE
+    if not background:
+        keep &= labels != 0
+    elif ignore_boxes is not None and len(ignore_boxes) and keep.any():
+        keep &= ~((labels == 0) & (max_ioa(proposals, ignore_boxes) >= CROWD_IOA))
     return (
         np.concatenate([gt_boxes, proposals[keep]]),
         np.concatenate([gt_labels, labels[keep]]),
     )
 
 
+def max_ioa(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """float32[N]: the largest share of each box's area inside one of ``regions``."""
+    regions = np.asarray(regions, dtype=np.float32).reshape(-1, 4)
+    lt = np.maximum(boxes[:, None, :2], regions[None, :, :2])
+    rb = np.minimum(boxes[:, None, 2:], regions[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).prod(axis=1)
+    return (inter / np.maximum(area, 1e-6)[:, None]).max(axis=1).astype(np.float32)
+
+
 @dataclass
 class RegionPool:
-    """All training regions of a split, as arrays (one row per region).
+    """All training regions of a split, as compact arrays (one row per region, 22 bytes).
 
     Attributes:
-        image_idx (int64[R]): position of the region's image in the training list.
+        image_idx (int32[R]): position of the region's image in the training list.
         boxes (float32[R, 4]): internal xyxy in that image's pixels.
-        labels (int64[R]): 0 background, 1..K class id.
+        labels (int16[R]): 0 background, 1..K class id.
+
+    The arrays may be memory-mapped files (:class:`PoolBuilder` spills them to disk past its
+    memory budget); the positive and background indices are computed once, on first use.
     """
 
-    image_idx: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    image_idx: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int16))
 
     def __post_init__(self) -> None:
-        self.image_idx = np.asarray(self.image_idx, dtype=np.int64).reshape(-1)
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.image_idx = _as(self.image_idx, np.int32).reshape(-1)
+        self.boxes = _as(self.boxes, np.float32).reshape(-1, 4)
+        self.labels = _as(self.labels, np.int16).reshape(-1)
         if not len(self.image_idx) == len(self.boxes) == len(self.labels):
             raise ValueError("RegionPool: image_idx, boxes and labels differ in length")
+        self._fg: np.ndarray | None = None
+        self._bg: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def num_positives(self) -> int:
-        return int((self.labels > 0).sum())
+        return len(self.positives)
+
+    @property
+    def positives(self) -> np.ndarray:
+        """Indices of the positive regions (int32 below 2**31 regions), ascending."""
+        if self._fg is None:
+            self._fg = _index(self.labels > 0)
+        return self._fg
+
+    @property
+    def background(self) -> np.ndarray:
+        """Indices of the background regions, ascending."""
+        if self._bg is None:
+            self._bg = _index(self.labels == 0)
+        return self._bg
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the region arrays (in memory or mapped) and of the computed indices."""
+        index = sum(a.nbytes for a in (self._fg, self._bg) if a is not None)
+        return self.image_idx.nbytes + self.boxes.nbytes + self.labels.nbytes + index
 
     @classmethod
     def from_images(cls, per_image: list[tuple[np.ndarray, np.ndarray]]) -> RegionPool:
         """Concatenate ``(boxes, labels)`` of each image (the output of :func:`image_regions`)."""
-        if not per_image:
-            return cls()
-        idx = [np.full(len(lab), i, np.int64) for i, (_, lab) in enumerate(per_image)]
-        return cls(
-            np.concatenate(idx),
-            np.concatenate([b for b, _ in per_image]),
-            np.concatenate([lab for _, lab in per_image]),
+        builder = PoolBuilder()
+        for boxes, labels in per_image:
+            builder.add(boxes, labels)
+        return builder.finish()
+
+
+def _as(array: np.ndarray, dtype: type) -> np.ndarray:
+    """``array`` as ``dtype`` without a copy when it already is (a memory map stays one)."""
+    return (
+        array
+        if isinstance(array, np.ndarray) and array.dtype == dtype
+        else np.asarray(array, dtype=dtype)
+    )
+
+
+def _index(mask: np.ndarray) -> np.ndarray:
+    found = np.flatnonzero(mask)
+    return found.astype(np.int32) if len(mask) < 2**31 else found
+
+
+class PoolBuilder:
+    """Collects the regions of one image after another into a :class:`RegionPool`.
+
+    Below ``max_bytes`` the regions stay in memory; past it they are appended to three raw
+    files in ``spill_dir`` and the finished pool memory-maps them, so building the pool of
+    200,000 images never holds it twice (or at all) in memory. ``spill_dir`` None: never
+    spill.
+    """
+
+    def __init__(self, spill_dir: Path | None = None, max_bytes: int = 0) -> None:
+        self.spill_dir, self.max_bytes = spill_dir, max_bytes
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._bytes = 0
+        self._files: list | None = None
+        self._count = 0
+        self._images = 0
+
+    def add(self, boxes: np.ndarray, labels: np.ndarray) -> None:
+        """The regions of the next image (image index = the number of images added before)."""
+        labels = np.asarray(labels).astype(np.int16).reshape(-1)
+        part = (
+            np.full(len(labels), self._images, np.int32),
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            labels,
         )
+        self._images += 1
+        self._count += len(labels)
+        if self._files is not None:
+            self._write(part)
+            return
+        self._parts.append(part)
+        self._bytes += sum(a.nbytes for a in part)
+        if self.spill_dir is not None and self._bytes > self.max_bytes:
+            self._spill()
+
+    def finish(self) -> RegionPool:
+        if self._files is None:
+            if not self._parts:
+                return RegionPool()
+            return RegionPool(
+                *(np.concatenate(column) for column in zip(*self._parts, strict=True))
+            )
+        for f in self._files:
+            f.close()
+        n = self._count
+        names = [self.spill_dir / name for name in _SPILL_FILES]
+        return RegionPool(
+            np.memmap(names[0], np.int32, "r", shape=(n,)) if n else np.zeros(0, np.int32),
+            np.memmap(names[1], np.float32, "r", shape=(n, 4)) if n else np.zeros((0, 4)),
+            np.memmap(names[2], np.int16, "r", shape=(n,)) if n else np.zeros(0, np.int16),
+        )
+
+    def _spill(self) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._files = [open(self.spill_dir / name, "wb") for name in _SPILL_FILES]  # noqa: SIM115
+        for part in self._parts:
+            self._write(part)
+        self._parts, self._bytes = [], 0
+
+    def _write(self, part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        for f, column in zip(self._files, part, strict=True):
+            f.write(np.ascontiguousarray(column).tobytes())
+
+
+_SPILL_FILES = ("image_idx.int32", "boxes.float32", "labels.int16")
 
 
 def sample_minibatch(
@@ -141,8 +269,7 @@ def sample_minibatch(
         int64[B] indices into ``pool``, B = min(batch_size, regions available); empty for an
         empty pool.
     """
-    fg = np.flatnonzero(pool.labels > 0)
-    bg = np.flatnonzero(pool.labels == 0)
+    fg, bg = pool.positives, pool.background
     n_fg = min(int(round(batch_size * fg_fraction)), len(fg))
     n_bg = min(batch_size - n_fg, len(bg))
     n_fg = min(batch_size - n_bg, len(fg))  # top up with positives when background runs short

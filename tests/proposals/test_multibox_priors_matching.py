@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from proposals.matching import match, match_cost, multibox_loss
+from proposals.matching import loss_terms, match, match_cost, multibox_loss
 from proposals.priors import grid_boxes, kmeans_priors
 
 
@@ -92,3 +92,22 @@ def test_multibox_loss_gradients_flow_to_boxes_and_logits():
     assert pred.grad[0].abs().sum() == 0  # unmatched slot: no location gradient
     assert pred.grad[2].abs().sum() > 0
     assert logits.grad[0] > 0 and logits.grad[1] < 0  # push negative down, positive up
+
+
+def test_unmatched_slots_of_an_incomplete_image_are_not_negatives():
+    """An image boxed for some classes only (train.background_from=complete) teaches its
+    matched slots; its unmatched ones may sit on unboxed objects and get no gradient."""
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.2, 0.2, 0.4, 0.4]]] * 2)
+    logits = torch.tensor([[2.0, -1.0, 0.5], [2.0, -1.0, 0.5]], requires_grad=True)
+    gt = [torch.tensor([[0.0, 0.0, 0.5, 0.5]])] * 2
+    _, confidence = loss_terms(boxes, logits, gt, 1.0, torch.tensor([True, False]))
+    confidence.backward()
+    grad = logits.grad
+    assert (grad[0] != 0).all()  # complete: every slot learns
+    assert grad[1, 0] != 0 and (grad[1, 1:] == 0).all()  # incomplete: the matched slot only
+    full = (
+        torch.nn.functional.softplus(-logits[0, 0])
+        + torch.nn.functional.softplus(logits[0, 1:]).sum()
+    )
+    matched = torch.nn.functional.softplus(-logits[1, 0])
+    assert confidence.item() == pytest.approx(((full + matched) / 2).item(), rel=1e-6)

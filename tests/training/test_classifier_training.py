@@ -229,6 +229,7 @@ def test_members_differ(tmp_path):
         [Proposals(b, np.full(len(b), np.nan), np.zeros(len(b))) for b in boxes],
         fg_iou=0.5,
         bg_iou=0.5,
+        background_from="complete",
     )
     a = batches(pool, seed=0).plan(0)[0]
     b = batches(pool, seed=1).plan(0)[0]
@@ -280,12 +281,27 @@ def test_region_pool_image_without_objects_and_failed_image():
     no_objects = ImageRecord("b", 2, None, 40, 40)
     failed = ImageRecord("c", 3, None, 40, 40, [[0, 0, 5, 5]], [1])
     props = Proposals([[0, 0, 10, 6], [20, 20, 30, 30]], [np.nan] * 2, [0, 0])
-    pool = build_region_pool(
-        [with_object, no_objects, failed], [props, props, None], fg_iou=0.5, bg_iou=0.5
-    )
+    iou = {"fg_iou": 0.5, "bg_iou": 0.5, "background_from": "complete"}
+    pool = build_region_pool([with_object, no_objects, failed], [props, props, None], **iou)
     np.testing.assert_array_equal(pool.image_idx, [0, 0, 0, 1, 1])
     np.testing.assert_array_equal(pool.labels, [2, 2, 0, 0, 0])  # gt, IoU 0.6, bg; bg, bg
-    assert len(build_region_pool([], [], fg_iou=0.5, bg_iou=0.5)) == 0
+    assert len(build_region_pool([], [], **iou)) == 0
+
+
+def test_background_only_from_images_complete_for_every_class():
+    """A 2013 ILSVRC train image (complete for class 2 only) gives positives, no background,
+    unless train.background_from=all (R-CNN's fine-tuning windows)."""
+    partial = ImageRecord("p", 1, None, 40, 40, [[0, 0, 10, 10]], [2], complete_for=frozenset({2}))
+    full = ImageRecord("f", 2, None, 40, 40, [[0, 0, 10, 10]], [1])
+    props = Proposals([[0, 0, 10, 6], [20, 20, 30, 30]], [np.nan] * 2, [0, 0])
+    iou = {"fg_iou": 0.5, "bg_iou": 0.5}
+    pool = build_region_pool([partial, full], [props, props], **iou, background_from="complete")
+    np.testing.assert_array_equal(pool.image_idx, [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(pool.labels, [2, 2, 1, 1, 0])
+    pool = build_region_pool([partial, full], [props, props], **iou, background_from="all")
+    np.testing.assert_array_equal(pool.labels, [2, 2, 0, 1, 1, 0])
+    with pytest.raises(ValueError, match="train.background_from 'some'"):
+        build_region_pool([full], [props], **iou, background_from="some")
 
 
 def test_flipping_the_crop_equals_warping_the_flipped_image():

@@ -4,9 +4,11 @@ import numpy as np
 
 from detector.training.sampling import (
     IGNORE,
+    PoolBuilder,
     RegionPool,
     image_regions,
     label_proposals,
+    max_ioa,
     sample_minibatch,
 )
 
@@ -50,11 +52,51 @@ def test_label_proposals_empty_inputs():
 def test_image_regions_adds_ground_truth_first():
     gt = np.array([[0, 0, 10, 10]], np.float32)
     props = np.array([[0, 0, 10, 5], [50, 50, 60, 60]], np.float32)
-    boxes, labels = image_regions(props, gt, np.array([2]), **IOU)
+    boxes, labels = image_regions(props, gt, np.array([2]), **IOU, background=True)
     np.testing.assert_array_equal(labels, [2, 2, 0])
     np.testing.assert_array_equal(boxes[0], gt[0])
-    boxes, labels = image_regions(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0), **IOU)
+    empty = np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0)
+    boxes, labels = image_regions(*empty, **IOU, background=True)
     assert boxes.shape == (0, 4) and labels.shape == (0,)
+
+
+def test_an_incompletely_annotated_image_gives_positives_but_no_background():
+    gt = np.array([[0, 0, 10, 10]], np.float32)
+    props = np.array([[0, 0, 10, 5], [50, 50, 60, 60], [70, 0, 90, 20]], np.float32)
+    _, labels = image_regions(props, gt, np.array([2]), **IOU, background=False)
+    np.testing.assert_array_equal(labels, [2, 2])  # the ground truth and the IoU-0.5 proposal
+
+
+def test_background_mostly_inside_a_crowd_box_is_left_out():
+    gt = np.array([[0, 0, 10, 10]], np.float32)
+    crowd = np.array([[40, 40, 100, 100]], np.float32)
+    # inside the crowd (IoA 1), half inside (IoA 0.5), a quarter inside, a positive inside
+    props = np.array(
+        [[50, 50, 60, 60], [30, 50, 50, 60], [35, 35, 45, 45], [0, 0, 10, 6]], np.float32
+    )
+    _, labels = image_regions(props, gt, np.array([3]), **IOU, background=True, ignore_boxes=crowd)
+    np.testing.assert_array_equal(labels, [3, 0, 3])  # gt; the quarter-inside one; the positive
+    assert max_ioa(props, crowd).round(2).tolist() == [1.0, 0.5, 0.25, 0.0]
+
+
+def test_a_pool_past_its_memory_budget_is_memory_mapped(tmp_path):
+    rng = np.random.default_rng(0)
+    per_image = [
+        (rng.random((n, 4), np.float32) * 100, rng.integers(0, 4, n)) for n in (5, 0, 9, 3)
+    ]
+    in_memory = RegionPool.from_images(per_image)
+    builder = PoolBuilder(tmp_path / "spill", max_bytes=100)  # spills after the first image
+    for boxes, labels in per_image:
+        builder.add(boxes, labels)
+    mapped = builder.finish()
+    assert isinstance(mapped.boxes, np.memmap) and isinstance(mapped.labels, np.memmap)
+    for name in ("image_idx", "boxes", "labels"):
+        np.testing.assert_array_equal(getattr(mapped, name), getattr(in_memory, name))
+    assert (mapped.labels.dtype, mapped.image_idx.dtype) == (np.int16, np.int32)
+    np.testing.assert_array_equal(
+        sample_minibatch(np.random.default_rng(1), mapped, **BATCH),
+        sample_minibatch(np.random.default_rng(1), in_memory, **BATCH),
+    )
 
 
 def _pool(n_fg: int, n_bg: int) -> RegionPool:
