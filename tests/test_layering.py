@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "eval.recall",
             "proposals.multibox.__main__",
             "proposals.precompute",
+            "detector.datasets.__main__",
             "benchmarks",
         ),
     ),

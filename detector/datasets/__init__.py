@@ -20,7 +20,8 @@ def open_split(data: DataConfig, split: str) -> tuple[list[ImageRecord], ClassLi
     """Every record of ``split`` (annotations read, images not decoded) and the class list.
 
     ``data.root`` must be a real folder (the resolve step fills it in for the demo).
-    COCO reads ``data.coco_annotations`` (``split`` is ignored); VOC reads
+    COCO reads ``data.coco_annotations``, with ``{split}`` in it replaced by the split
+    (``instances_{split}.json``; without it every split is that one file); VOC reads
     ``ImageSets/Main/<split>.txt``.
     """
     if not data.root:
@@ -40,7 +41,7 @@ def open_split(data: DataConfig, split: str) -> tuple[list[ImageRecord], ClassLi
 
         if not data.coco_annotations:
             raise ValueError("data.format=coco needs data.coco_annotations (the instances JSON)")
-        ds = CocoDataset(expand(data.coco_annotations), root, classes)
+        ds = CocoDataset(expand(data.coco_annotations.replace("{split}", split)), root, classes)
     else:
         raise ValueError(f"data.format {data.format!r} is not one of {', '.join(FORMATS)}")
     return list(ds), ds.classes

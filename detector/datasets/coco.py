@@ -3,7 +3,9 @@
 Class ids are remapped to 1..K in ascending COCO category id (80 classes for COCO 2017), or
 to the ids of a given :class:`ClassList` matched by category name. COCO's ``[x, y, w, h]``
 is continuous pixels, so the internal box is ``(x, y, x + w, y + h)``. Crowd annotations
-(``iscrowd = 1``) are skipped. Images come in ascending image id; ``ImageRecord.index`` is
+(``iscrowd = 1``) are no objects: they go to ``ImageRecord.ignore_boxes``, so training
+takes neither positives nor background from them (``detector.training.sampling``); the
+devkit-style evaluation never sees them. Images come in ascending image id; ``ImageRecord.index`` is
 the 1-based position in that order, ``image_id`` the file name without its extension.
 
     ds = CocoDataset("annotations/instances_val2017.json", "val2017")
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,12 +54,13 @@ class CocoDataset:
             yield self.record(coco_id, index)
 
     def record(self, coco_id: int, index: int) -> ImageRecord:
-        """The annotations of one COCO image id, crowd boxes left out."""
+        """The annotations of one COCO image id, crowd boxes apart."""
         info = self.coco.imgs[coco_id]
         file_name = str(info.get("file_name", coco_id))
-        boxes, labels = [], []
+        boxes, labels, crowd = [], [], []
         for ann in self.coco.imgToAnns.get(coco_id, []):
             if ann.get("iscrowd", 0):
+                crowd.append(self._box(ann))
                 continue
             boxes.append(self._box(ann))
             labels.append(self._label(ann))
@@ -69,6 +73,7 @@ class CocoDataset:
             height=int(info.get("height", 0)),
             boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
             labels=np.array(labels, dtype=np.int64),
+            ignore_boxes=np.array(crowd, dtype=np.float32).reshape(-1, 4),
         )
 
     def _classes(self, classes: ClassList | None) -> tuple[ClassList, dict[int, int]]:
@@ -106,6 +111,46 @@ class CocoDataset:
             raise AnnotationError(
                 f"{self.path}: annotation {ann.get('id')}: unknown category_id {ann.get('category_id')!r}"
             ) from None
+
+
+def coco_document(records: list[ImageRecord], classes: ClassList, root: Path) -> dict:
+    """A COCO instances document of ``records`` (the writer of this module's reader).
+
+    ``file_name`` is each image's path relative to ``root`` (the folder to give as
+    ``data.root``; ``..`` for an image outside it), category ids are the class ids 1..K, ``image_id`` the record's index;
+    ``ignore_boxes`` become crowd annotations. Records without an image file are left out.
+    """
+    images, annotations = [], []
+    for rec in records:
+        if rec.path is None:
+            continue
+        images.append(
+            {
+                "id": rec.index,
+                "file_name": Path(os.path.relpath(rec.path, root)).as_posix(),
+                "width": rec.width,
+                "height": rec.height,
+            }
+        )
+        objects = [(b, int(c), 0) for b, c in zip(rec.boxes, rec.labels, strict=True)]
+        objects += [(b, 0, 1) for b in rec.ignore_boxes]
+        for box, label, crowd in objects:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": rec.index,
+                    "category_id": label or 1,  # a crowd box's class does not matter here
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": crowd,
+                }
+            )
+    categories = [
+        {"id": i, "name": name, "supercategory": wnid}
+        for i, (wnid, name) in enumerate(zip(classes.wnids, classes.names, strict=True), 1)
+    ]
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _load(path: Path):

@@ -145,14 +145,15 @@ class RegionPool:
     def positives(self) -> np.ndarray:
         """Indices of the positive regions (int32 below 2**31 regions), ascending."""
         if self._fg is None:
-            self._fg = _index(self.labels > 0)
+            self._fg = _index(self.labels, positive=True)
         return self._fg
 
     @property
     def background(self) -> np.ndarray:
-        """Indices of the background regions, ascending."""
+        """Indices of the background regions, ascending (4 bytes a region: the one array
+        of the pool's size that always lives in memory)."""
         if self._bg is None:
-            self._bg = _index(self.labels == 0)
+            self._bg = _index(self.labels, positive=False)
         return self._bg
 
     @property
@@ -179,9 +180,25 @@ def _as(array: np.ndarray, dtype: type) -> np.ndarray:
     )
 
 
-def _index(mask: np.ndarray) -> np.ndarray:
-    found = np.flatnonzero(mask)
-    return found.astype(np.int32) if len(mask) < 2**31 else found
+INDEX_CHUNK = 1 << 24  # labels scanned at a time: the full boolean mask is never built
+
+
+def _index(labels: np.ndarray, *, positive: bool) -> np.ndarray:
+    """Positions of positive (or background) labels, counted then filled chunk by chunk."""
+
+    def mask(start: int) -> np.ndarray:
+        chunk = labels[start : start + INDEX_CHUNK]
+        return chunk > 0 if positive else chunk == 0
+
+    starts = range(0, len(labels), INDEX_CHUNK)
+    dtype = np.int32 if len(labels) < 2**31 else np.int64
+    out = np.empty(sum(int(np.count_nonzero(mask(a))) for a in starts), dtype)
+    filled = 0
+    for start in starts:
+        found = np.flatnonzero(mask(start)) + start
+        out[filled : filled + len(found)] = found
+        filled += len(found)
+    return out
 
 
 class PoolBuilder:

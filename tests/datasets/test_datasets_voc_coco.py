@@ -166,7 +166,9 @@ def test_coco_records(tmp_path):
     records = list(ds)
     assert [(r.image_id, r.index) for r in records] == [("a", 1), ("b", 2)]  # image id 7, 42
     a, b = records
-    assert a.boxes.tolist() == [[10.5, 20, 40.5, 60]]  # crowd annotation skipped
+    assert a.boxes.tolist() == [[10.5, 20, 40.5, 60]]  # the crowd box is no object...
+    assert a.ignore_boxes.tolist() == [[0, 0, 5, 5]]  # ...but a region training leaves out
+    assert b.ignore_boxes.shape == (0, 4) and a.exhaustive
     assert a.labels.tolist() == [2]
     assert (a.width, a.height, a.path) == (320, 240, tmp_path / "a.jpg")
     assert b.boxes.tolist() == [[1, 2, 4, 6]] and b.labels.tolist() == [1] and b.path is None
