@@ -57,9 +57,7 @@ class DataConfig:
     val_split: str = "val"  # split scored by `python -m eval.map` and validation during training
     classes: str = ""  # map_det.txt / det_classes.tsv; "" = the tree's devkit/data/map_det.txt or map_det.txt, else the 200 shipped ILSVRC classes
     blacklist: str = "ilsvrc2014"  # "<val.txt index> <wnid>" lines; "ilsvrc2014" = the shipped 2014 val blacklist; "" = none
-    coco_annotations: str = (
-        ""  # instances JSON for format=coco; "{split}" in it is replaced by the split name
-    )
+    coco_annotations: str = ""  # format=coco: instances JSON; "{split}" = the split name
     max_pixels: int = 50_000_000  # images above this many pixels are refused (decompression bombs)
     demo_dir: str = ""  # where the demo dataset is generated; "" = <cache>/demo/v<version> (detector.core.paths.cache_root)
 
