@@ -219,6 +219,22 @@ def blacklist_for_split(
     return SplitBlacklist(path, pairs, len(val_pairs), val_list)
 
 
+VAL_SOURCES = ("val", "val1", "val2")  # parts of a named split whose index is the val.txt index
+
+
+def blacklist_on_val_records(
+    path: str | Path, classes: ClassList, records: list[ImageRecord]
+) -> SplitBlacklist:
+    """The blacklist on the records of a named split (``detector.datasets.ilsvrc_splits``):
+    those from ``val``, ``val1`` or ``val2`` carry their val.txt index, so the pairs on
+    those indices apply as they are; other records (train, test) have none."""
+    path = Path(path)
+    val_pairs = read_blacklist(path, classes)
+    indices = {r.index for r in records if r.source in VAL_SOURCES}
+    pairs = frozenset(p for p in val_pairs if p[0] in indices)
+    return SplitBlacklist(path, pairs, len(val_pairs), None)
+
+
 @dataclass
 class IlsvrcDet:
     """One split of an ILSVRC DET tree. Iterating yields :class:`ImageRecord` in list order.
@@ -263,11 +279,15 @@ class IlsvrcDet:
         return rec
 
     def image_path(self, name: str) -> Path | None:
-        base = self.root / "Data" / "DET" / self.split / name
-        for ext in IMAGE_EXTENSIONS:
-            if (p := base.with_name(base.name + ext)).exists():
-                return p
-        return None
+        return find_image(self.root / "Data" / "DET" / self.split / name)
+
+
+def find_image(base: Path) -> Path | None:
+    """``base`` with the first image extension that exists, else None."""
+    for ext in IMAGE_EXTENSIONS:
+        if (p := base.with_name(base.name + ext)).exists():
+            return p
+    return None
 
 
 def classes_file(root: Path) -> Path | None:
