@@ -53,6 +53,7 @@ DETECT = Needs()  # detection and evaluation by running the detector
 TRAIN_MEMBERS = Needs(members=False)  # proposals are computed, members are trained
 TRAIN_MULTIBOX = Needs(members=False, multibox=False)
 SCORE_FILE = Needs(members=False, multibox=False)  # eval.map --detections: annotations only
+DRY_RUN = Needs(members=False, multibox=False)  # the trainers' --dry-run: the data only
 
 
 def is_demo(cfg: Config) -> bool:
