@@ -1,5 +1,8 @@
-"""ILSVRC DET on disk: ``Data/DET/<split>/<name>.JPEG``, ``Annotations/DET/<split>/<name>.xml``,
-``ImageSets/DET/<split>.txt`` (``<name> <index>``), classes from ``map_det.txt``.
+"""ILSVRC DET on disk: the XML, the blacklist, and one list of the repack
+(``Data/DET/<split>/<name>.JPEG``, ``Annotations/DET/<split>/<name>.xml``,
+``ImageSets/DET/<split>.txt`` (``<name> <index>``), classes from ``map_det.txt``). Both
+layouts and the named splits (``val1+train_pos``) are read by
+:mod:`detector.datasets.ilsvrc_splits` on top of this.
 
 XML is parsed with defusedxml (no entity expansion, no external entities) and read by tag
 name: the devkit writes ``<bndbox>`` children in the order xmin, xmax, ymin, ymax.

@@ -47,7 +47,7 @@ from detector.datasets.ilsvrc import (
     parse_annotation,
     read_image_set,
 )
-from detector.datasets.ilsvrc_tree import IlsvrcTree, LayoutError
+from detector.datasets.ilsvrc_tree import REPACK, IlsvrcTree, LayoutError
 from detector.datasets.image_index import ImageIndex, load_index
 
 VAL_HALVES = {"val1": DATA_DIR / "rcnn_val1.txt", "val2": DATA_DIR / "rcnn_val2.txt"}
@@ -112,10 +112,10 @@ class _Reader:
         if name in ("val", "test"):
             entries = read_image_set(self.tree.image_list(name))
             return self.listed(name, entries, name)
-        if self.tree.repack_list(name) is not None:
-            return self.plain(name)
-        if name in VAL_HALVES:
+        if name in VAL_HALVES and self.tree.repack_list(name) is None:
             return self.val_half(name)
+        if self.tree.layout == REPACK:  # ImageSets/DET/<name>.txt (FileNotFoundError naming it)
+            return self.plain(name)
         raise LayoutError(
             f"{self.tree.root}: unknown split part {name!r}: expected val, test, val1, val2, "
             "train_pos[_<N>] or, on a repack, a list in ImageSets/DET/ (joined by '+')"
