@@ -16,10 +16,11 @@ after part, each with ``source`` = its part. Parts:
   ``<id> 1``) in list order, as long as X's ground-truth boxes stay at most N (the list is
   cut at the first image that would exceed N). An image chosen for several classes appears
   once. ``complete_for`` = the classes whose train_pos list names the image (2013 images);
-  None for the exhaustively annotated ``ILSVRC2014_train_*`` additions. Images only in a
-  ``train_part_X`` list (some X unboxed) are left out unless ``data.train_part=true``. Ids
-  are resolved through :mod:`image_index` (folder-less lines by basename); an id without a
-  file is left out, an image without XML is an error naming it.
+  None for the exhaustively annotated ``ILSVRC2014_train_*`` additions. Partial positives
+  (``train_part_X.txt``, the repack's ``<id> 0``: some X unboxed) are left out unless
+  ``data.train_part=true``; negatives are never read. Ids are resolved through
+  :mod:`image_index` (folder-less lines by basename); an id without a file is left out, an
+  image without XML is an error naming it.
 - any other name: on a repack, ``ImageSets/DET/<name>.txt`` read as a plain list.
 """
 
@@ -48,7 +49,7 @@ from detector.datasets.ilsvrc import (
     read_image_set,
 )
 from detector.datasets.ilsvrc_tree import REPACK, IlsvrcTree, LayoutError
-from detector.datasets.image_index import ImageIndex, load_index
+from detector.datasets.image_index import ImageIdError, ImageIndex, load_index
 
 VAL_HALVES = {"val1": DATA_DIR / "rcnn_val1.txt", "val2": DATA_DIR / "rcnn_val2.txt"}
 TRAIN_POS = re.compile(r"train_pos(?:_(\d+)(k?))?")
@@ -171,12 +172,12 @@ class _Reader:
     def train_pos(self, n: int, source: str) -> list[ImageRecord]:
         index = load_index(self.tree.images("train"))
         ids = range(1, len(self.classes) + 1)
-        positives = {c: self.resolved(self.tree.positives(c)[1], index) for c in ids}
+        positives = {c: self.resolved(*self.tree.train_list("pos", c), index) for c in ids}
         pos_for: dict[str, set[int]] = {}
         for c, images in positives.items():
             for image in images:
                 pos_for.setdefault(image, set()).add(c)
-        parts = {c: self.part_images(c, index) for c in ids}
+        parts = {c: self.resolved(*self.tree.train_list("part", c), index) for c in ids}
         seen: dict[str, ImageRecord | None] = {}
         chosen: dict[str, ImageRecord] = {}
         for c in ids:
@@ -213,14 +214,12 @@ class _Reader:
             boxes += k
             chosen.setdefault(image, rec)
 
-    def resolved(self, line_ids: list[str], index: ImageIndex) -> list[str]:
-        """List ids as image ids (those without a file stay as listed)."""
-        return [index.resolve(i) or i for i in line_ids]
-
-    def part_images(self, c: int, index: ImageIndex) -> list[str]:
-        if not self.tree.has_devkit_list("part", c):
-            return []
-        return self.resolved(self.tree.devkit_list("part", c)[1], index)
+    def resolved(self, path: Path, line_ids: list[str], index: ImageIndex) -> list[str]:
+        """The ids of list ``path`` as image ids (those without a file stay as listed)."""
+        try:
+            return [index.resolve(i) or i for i in line_ids]
+        except ImageIdError as e:
+            raise ImageIdError(f"{path}: {e}") from None
 
     def train_record(self, image: str, index: ImageIndex, pos: set[int]) -> ImageRecord | None:
         if image not in index.files:

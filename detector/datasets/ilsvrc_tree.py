@@ -3,7 +3,8 @@
 ``repack`` (the later ImageNet repack, also the demo's)::
 
     Data/DET/<part>/<id>.JPEG   Annotations/DET/<part>/<id>.xml   ImageSets/DET/<list>.txt
-    ImageSets/DET/train_<X>.txt   '<id> 1' (positive for class X) or '<id> -1' (negative)
+    ImageSets/DET/train_<X>.txt   '<id> 1' (positive for class X: every X boxed),
+                                  '<id> 0' (partial: some X unboxed), '<id> -1' (negative)
 
 ``ilsvrc2014`` (the 2014 tarballs as extracted)::
 
@@ -107,16 +108,27 @@ class IlsvrcTree:
             raise LayoutError(f"{path or self._lists_hint(f'{part}.txt')}: {part} list not found")
         return path
 
-    def positives(self, class_id: int) -> tuple[Path, list[str]]:
-        """The images listed as positive for class ``class_id`` (train_pos), and the list.
+    def train_list(self, kind: str, class_id: int) -> tuple[Path, list[str]]:
+        """The images listed as ``pos`` (every instance of the class boxed) or ``part``
+        (some unboxed) for class ``class_id``, and the list they come from.
 
-        The repack's ``ImageSets/DET/train_<X>.txt`` (lines ``<id> 1``) when present, else
-        the devkit's ``train_pos_<X>.txt``.
+        The repack's ``ImageSets/DET/train_<X>.txt`` (lines ``<id> 1``, ``<id> 0``) when
+        present, else the devkit's ``train_<kind>_<X>.txt``; a missing train_part list is
+        empty. LayoutError when the tree has neither list of positives.
         """
         path = self.repack_list(f"train_{class_id}")
         if path is not None:
-            return path, [i for i, label in read_labelled_list(path) if label == 1]
-        return self.devkit_list("pos", class_id)
+            label = 1 if kind == "pos" else 0
+            return path, [i for i, got in read_labelled_list(path) if got == label]
+        if kind == "part" and not self._has_devkit_list(kind, class_id):
+            return Path(), []
+        if self.layout == REPACK and self.devkit_lists is None:
+            raise LayoutError(
+                f"{self.root / 'ImageSets' / 'DET' / f'train_{class_id}.txt'}: list of class "
+                f"{class_id} not found (train_pos parts need it, or a devkit's "
+                f"data/det_lists/train_pos_{class_id}.txt)"
+            )
+        return self.devkit_list(kind, class_id)
 
     def devkit_list(self, kind: str, class_id: int) -> tuple[Path, list[str]]:
         """The devkit's ``train_<kind>_<X>.txt`` and its ids; LayoutError when missing."""
@@ -127,7 +139,7 @@ class IlsvrcTree:
             raise LayoutError(f"{path}: train_{kind} list of class {class_id} not found")
         return path, read_id_list(path)
 
-    def has_devkit_list(self, kind: str, class_id: int) -> bool:
+    def _has_devkit_list(self, kind: str, class_id: int) -> bool:
         lists = self.devkit_lists
         return lists is not None and (lists / f"train_{kind}_{class_id}.txt").is_file()
 
@@ -150,16 +162,19 @@ def read_id_list(path: Path) -> list[str]:
     return out
 
 
+REPACK_LABELS = {"1": 1, "0": 0, "-1": -1}  # positive, partial positive, negative
+
+
 def read_labelled_list(path: Path) -> list[tuple[str, int]]:
-    """The repack's ``train_<X>.txt``: ``<image id> 1|-1`` per line."""
+    """The repack's ``train_<X>.txt``: ``<image id> 1|0|-1`` per line."""
     out = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 2 or parts[1] not in ("1", "-1"):
+        if len(parts) != 2 or parts[1] not in REPACK_LABELS:
             raise LayoutError(
-                f"{path}:{lineno}: expected '<image id> 1' or '<image id> -1', got {short_repr(line)}"
+                f"{path}:{lineno}: expected '<image id> 1|0|-1', got {short_repr(line)}"
             )
-        out.append((parts[0], int(parts[1])))
+        out.append((parts[0], REPACK_LABELS[parts[1]]))
     return out

@@ -51,16 +51,17 @@ class ImageIndex:
 
     def resolve(self, line_id: str) -> str | None:
         """The image id a list line names: itself when indexed, else the one file with
-        that basename; None when no file has it.
+        its basename (lines that omit the folders, or name them otherwise than the tree);
+        None when no file has it.
 
         Raises:
-            ImageIdError: a folder-less name that several files share.
+            ImageIdError: a basename that several files share.
         """
         line_id = line_id.strip("/")
         if line_id in self.files:
             return line_id
         candidates = self._by_name.get(line_id.rpartition("/")[2], [])
-        if "/" in line_id or not candidates:
+        if not candidates:
             return None
         if len(candidates) > 1:
             raise ImageIdError(

@@ -4,7 +4,7 @@ The same images in the 2014 distribution's layout (``ilsvrc2014``: devkit lists 
 ``ILSVRC2014_devkit/data/det_lists/``, ``ILSVRC2013_DET_val/`` + ``ILSVRC2013_DET_bbox_val/``,
 ``ILSVRC2013_DET_test/``, ``ILSVRC2014_DET_train/`` + ``ILSVRC2014_DET_bbox_train/``) or the
 repack's (``repack``: ``Data/DET``, ``Annotations/DET``, ``ImageSets/DET`` with
-``train_<X>.txt`` lines ``<id> 1|-1``), for tests and for trying the ILSVRC splits
+``train_<X>.txt`` lines ``<id> 1|0|-1``), for tests and for trying the ILSVRC splits
 (``python -m detector.train --dry-run``) without the 50 GB download. The lists have the
 devkit's formats; the classes are the first three of the 200 ILSVRC classes (lists for
 all 200 are written, most of them empty). What it holds (:data:`TRAIN`, :data:`VAL`):
@@ -127,6 +127,7 @@ def _write_lists(lists: Path, layout: str) -> None:
     for c in range(1, len(default_classes()) + 1):
         if layout == "repack":
             lines = [f"{_full_repack(i)} 1" for i in POS.get(c, [])]
+            lines += [f"{_full_repack(i)} 0" for i in PART.get(c, [])]
             lines += [f"{_full_repack(i)} -1" for i in NEG.get(c, [])]
             (lists / f"train_{c}.txt").write_text("".join(f"{line}\n" for line in lines))
             continue
