@@ -58,7 +58,7 @@ class DataConfig:
     train_part: bool = False  # also take train_part_X images (some X unboxed) into train_pos parts
     missing_xml: str = "error"  # a val / train_pos image without XML: error (naming it) | skip (left out, counted by --dry-run)
     val_split: str = "val"  # split scored by `python -m eval.map` and validation during training
-    classes: str = ""  # map_det.txt / det_classes.tsv; "" = the tree's devkit/data/map_det.txt or map_det.txt, else the 200 shipped ILSVRC classes
+    classes: str = ""  # map_det.txt / det_classes.tsv / meta_det.mat; "" = the tree's devkit/data/map_det.txt, map_det.txt or ILSVRC2014_devkit/data/meta_det.mat, else the 200 shipped ILSVRC classes
     blacklist: str = "ilsvrc2014"  # "<val.txt index> <wnid>" lines; "ilsvrc2014" = the shipped 2014 val blacklist; "" = none
     coco_annotations: str = ""  # instances JSON for format=coco
     max_pixels: int = 50_000_000  # images above this many pixels are refused (decompression bombs)

@@ -293,10 +293,18 @@ def find_image(base: Path) -> Path | None:
     return None
 
 
+CLASS_FILES = (  # a tree's own class list, first found wins
+    "devkit/data/map_det.txt",
+    "map_det.txt",
+    "ILSVRC2014_devkit/data/meta_det.mat",
+    "devkit/data/meta_det.mat",
+)
+
+
 def classes_file(root: Path) -> Path | None:
-    """The tree's own class list (``devkit/data/map_det.txt`` or ``map_det.txt``), if any."""
-    for candidate in (root / "devkit" / "data" / "map_det.txt", root / "map_det.txt"):
-        if candidate.exists():
+    """The tree's own class list (:data:`CLASS_FILES`), if any."""
+    for name in CLASS_FILES:
+        if (candidate := root / name).exists():
             return candidate
     return None
 

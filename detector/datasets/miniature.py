@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detector.datasets.classes import default_classes
+from detector.core.structures import ClassList
+from detector.datasets.classes import MAX_DET_ID, default_classes
 from detector.datasets.demo import JPEG_QUALITY, xml_text
 
 SIZE = (64, 48)  # width, height of every image
@@ -86,7 +87,24 @@ def write_miniature_tree(root: str | Path, layout: str = "ilsvrc2014", seed: int
             _xml(root / folders["train"][1], train_id, labels)
     lists = root / ("ImageSets/DET" if layout == "repack" else DEVKIT_LISTS)
     _write_lists(lists, layout)
+    if layout == "ilsvrc2014":
+        write_meta_det(lists.parent / "meta_det.mat", default_classes())
     return root
+
+
+def write_meta_det(path: Path, classes: ClassList) -> Path:
+    """A devkit-style ``meta_det.mat``: ``synsets`` with ``ILSVRC2014_DET_ID``, ``WNID``,
+    ``name``, ``description``, one per class, then one hierarchy node (DET id above 200)."""
+    from scipy.io import savemat
+
+    fields = [(f, object) for f in ("ILSVRC2014_DET_ID", "WNID", "name", "description")]
+    rows = [
+        (i, w, n, n) for i, (w, n) in enumerate(zip(classes.wnids, classes.names, strict=True), 1)
+    ]
+    rows.append((MAX_DET_ID + 1, "n00001740", "entity", "a hierarchy node, not a class"))
+    synsets = np.array([tuple(np.array(v) for v in row) for row in rows], dtype=fields)
+    savemat(str(path), {"synsets": synsets.reshape(1, -1)})
+    return path
 
 
 def _folders(layout: str) -> dict[str, tuple[str, str]]:
@@ -142,4 +160,4 @@ def _full_repack(line: str) -> str:
     return _repack_id(matches[0])
 
 
-__all__ = ["LAYOUTS", "write_miniature_tree"]
+__all__ = ["LAYOUTS", "write_meta_det", "write_miniature_tree"]

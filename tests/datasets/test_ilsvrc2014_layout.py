@@ -194,3 +194,36 @@ def test_bad_split_names_are_one_line_errors(dist, tmp_path, capsys):
     argv[2] = f"data.root={tmp_path / 'empty'}"
     assert train_main(argv) == 1
     assert "not an ILSVRC DET tree" in capsys.readouterr().err
+
+
+def test_classes_come_from_the_devkits_meta_det_mat(dist, tmp_path):
+    from detector.core.config import load_config
+    from detector.datasets.classes import load_classes
+    from detector.resolve import DRY_RUN, resolve_config
+
+    cfg = resolve_config(load_config("ilsvrc2014", [f"data.root={dist}"]), needs=DRY_RUN)
+    assert cfg.data.classes == str(dist / "ILSVRC2014_devkit" / "data" / "meta_det.mat")
+    classes = load_classes(cfg.data.classes)  # 200 classes; the hierarchy node is not one
+    assert classes.wnids == default_classes().wnids and classes.names == default_classes().names
+    bad = tmp_path / "meta_det.mat"
+    bad.write_text("not MATLAB")
+    with pytest.raises(ValueError, match=r"meta_det.mat: not a devkit meta_det.mat"):
+        load_classes(bad)
+
+
+def test_a_repacks_own_val_half_list_is_read_as_it_is(tmp_path):
+    root = write_miniature_tree(tmp_path / "r", "repack")
+    (root / "ImageSets" / "DET" / "val2.txt").write_text(f"{VAL2[1]} 1\n")
+    (root / "Data" / "DET" / "val2").symlink_to(root / "Data" / "DET" / "val")
+    (root / "Annotations" / "DET" / "val2").symlink_to(root / "Annotations" / "DET" / "val")
+    got = records(root, "val2").records
+    assert [(r.image_id, r.index, r.source) for r in got] == [(VAL2[1], 1, "val2")]
+
+
+def test_an_ambiguous_basename_is_an_error_naming_the_list(tmp_path):
+    root = write_miniature_tree(tmp_path / "t", "ilsvrc2014")
+    train = root / "ILSVRC2014_DET_train"
+    (train / "other").mkdir()
+    (train / "other" / f"{B}_2.JPEG").write_bytes((train / B / f"{B}_2.JPEG").read_bytes())
+    with pytest.raises(ValueError, match=r"train_pos_2.txt: .*ambiguous"):
+        records(root, "train_pos")
