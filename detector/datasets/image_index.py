@@ -12,6 +12,7 @@ folder's time); otherwise it is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -128,7 +129,8 @@ def load_index(folder: str | Path) -> ImageIndex:
         return ImageIndex(folder, cached)
     files = scan(folder)
     record = {"version": INDEX_VERSION, "folder": str(folder.resolve()), "signature": sig}
-    atomic_write_text(index_file(folder), json.dumps({**record, "files": files}))
+    with contextlib.suppress(OSError):  # a read-only cache costs a rescan next time, no more
+        atomic_write_text(index_file(folder), json.dumps({**record, "files": files}))
     return ImageIndex(folder, files)
 
 

@@ -227,3 +227,10 @@ def test_an_ambiguous_basename_is_an_error_naming_the_list(tmp_path):
     (train / "other" / f"{B}_2.JPEG").write_bytes((train / B / f"{B}_2.JPEG").read_bytes())
     with pytest.raises(ValueError, match=r"train_pos_2.txt: .*ambiguous"):
         records(root, "train_pos")
+
+
+def test_an_unwritable_cache_costs_only_the_cache(dist, tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("INCEPTION_RCNN_CACHE", str(blocker))  # mkdir under a file fails
+    assert load_index(dist / "ILSVRC2014_DET_train").resolve(f"{A}_3") == f"{A}/{A}_3"
