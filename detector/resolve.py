@@ -6,7 +6,7 @@ the only place that decides "is this the embedded demo?" (``data.root`` empty). 
 
 - ``data.root``: a real folder, or the generated demo dataset (made on first use);
 - ``data.classes``: an explicit class-list file for ILSVRC trees (the tree's own
-  ``map_det.txt``, else the 200 shipped classes);
+  ``map_det.txt`` or devkit ``meta_det.mat``, else the 200 shipped classes);
 - ``data.blacklist``: a file path, or "" (a shipped name maps to its file; the ILSVRC
   blacklist names val images, so on the demo it is dropped with a note);
 - ``model.checkpoint_dir`` / ``model.checkpoints`` and ``proposals.multibox.checkpoint``:
@@ -53,6 +53,7 @@ DETECT = Needs()  # detection and evaluation by running the detector
 TRAIN_MEMBERS = Needs(members=False)  # proposals are computed, members are trained
 TRAIN_MULTIBOX = Needs(members=False, multibox=False)
 SCORE_FILE = Needs(members=False, multibox=False)  # eval.map --detections: annotations only
+DRY_RUN = Needs(members=False, multibox=False)  # the trainers' --dry-run: the data only
 
 
 def is_demo(cfg: Config) -> bool:

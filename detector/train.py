@@ -11,6 +11,8 @@ Examples::
     python -m detector.train --config ilsvrc2014 data.root=/data/ILSVRC --member 3
     python -m detector.train --member 0 --resume              # continue where it stopped
     python -m detector.train --max-steps 50 train.epochs=2 model.input_size=64
+    python -m detector.train --config ilsvrc2014 data.root=/data/ILSVRC2014 --dry-run
+                                                              # the training set, as JSON
 
     # one command for one CPU, one GPU or many: under torchrun it runs DistributedDataParallel
     # (gloo on CPU, nccl on CUDA, rank r on cuda:LOCAL_RANK); only rank 0 writes files
@@ -23,10 +25,12 @@ Exit status: 0 done, 1 training failed (e.g. no training regions, an unreadable 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from detector.core.config import (
+    Config,
     ConfigError,
     TrainConfig,
     add_config_args,
@@ -71,6 +75,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"stop after this global step (default: {defaults.max_steps}, config "
         f"train.max_steps; 0 = {defaults.epochs} epochs, config train.epochs)",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read the training split (data.train_split), print one JSON object describing "
+        "the training set (images per source, boxes per class, background images, images "
+        "left out and why) and exit without computing proposals or training",
+    )
     return parser
 
 
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch and the trainer are imported after parsing: --help is fast.
     from detector.core.devices import DeviceError
     from detector.core.runtime import tune_allocator
-    from detector.resolve import TRAIN_MEMBERS, ResolveError, resolve_config
+    from detector.resolve import DRY_RUN, TRAIN_MEMBERS, ResolveError, resolve_config
     from detector.training.classifier import train_member
     from detector.training.scaffold import is_main_process, leave_process_group
 
@@ -91,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 f"--member {args.member} outside 0..{cfg.model.members - 1} (model.members)"
             )
-        cfg = resolve_config(cfg, needs=TRAIN_MEMBERS)
+        cfg = resolve_config(cfg, needs=DRY_RUN if args.dry_run else TRAIN_MEMBERS)
     except (ConfigError, ResolveError, DeviceError) as e:
         return _error(e, 2)
+    if args.dry_run:
+        return dry_run(cfg)
     out = Path(args.output_dir or cfg.train.output_dir)
     try:
         for i in members:
@@ -106,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         return _error(e, 1)
     finally:
         leave_process_group()
+    return 0
+
+
+def dry_run(cfg: Config) -> int:
+    """Print the training set as one JSON object (0), or the reading error (1)."""
+    from detector.training.dataset_summary import CLASSIFIER, training_set_summary
+
+    try:
+        summary = training_set_summary(cfg, CLASSIFIER)
+    except (ValueError, OSError) as e:  # a missing XML, list or layout, naming the file
+        return _error(e, 1)
+    print(json.dumps(summary))
     return 0
 
 

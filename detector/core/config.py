@@ -51,11 +51,14 @@ def short_repr(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
 
 @dataclass
 class DataConfig:
-    root: str = ""  # dataset root (ILSVRC DET: Data/, Annotations/, ImageSets/); "" = the embedded demo (detector.resolve)
+    root: str = ""  # dataset root (ILSVRC DET: the 2014 distribution's folders or the repack's Data/, Annotations/, ImageSets/); "" = the embedded demo (detector.resolve)
     format: str = "ilsvrc"  # ilsvrc | coco | voc
-    train_split: str = "train"  # ImageSets/DET/<train_split>.txt
+    train_split: str = "val1+train_pos"  # R-CNN's training set: val1 + train_N (N = train_pos_boxes); parts joined by '+': val, test, val1, val2, train_pos[_<N>], or a list in the repack's ImageSets/DET/ (docs/PROTOCOLS.md, "ILSVRC splits")
+    train_pos_boxes: int = 1000  # N of a plain 'train_pos' part: per class, train_pos images up to N ground-truth boxes of it
+    train_part: bool = False  # also take train_part_X images (some X unboxed) into train_pos parts
+    missing_xml: str = "error"  # a val / train_pos image without XML: error (naming it) | skip (left out, counted by --dry-run)
     val_split: str = "val"  # split scored by `python -m eval.map` and validation during training
-    classes: str = ""  # map_det.txt / det_classes.tsv; "" = the tree's devkit/data/map_det.txt or map_det.txt, else the 200 shipped ILSVRC classes
+    classes: str = ""  # map_det.txt / det_classes.tsv / meta_det.mat; "" = the tree's devkit/data/map_det.txt, map_det.txt or ILSVRC2014_devkit/data/meta_det.mat, else the 200 shipped ILSVRC classes
     blacklist: str = "ilsvrc2014"  # "<val.txt index> <wnid>" lines; "ilsvrc2014" = the shipped 2014 val blacklist; "" = none
     coco_annotations: str = ""  # format=coco: instances JSON; "{split}" = the split name
     max_pixels: int = 50_000_000  # images above this many pixels are refused (decompression bombs)

@@ -59,8 +59,8 @@ class ImageRecord:
             no background from it (``train.background_from``).
         ignore_boxes (float32[M, 4]): regions that are neither object nor background (COCO
             crowd boxes): proposals mostly inside one are left out of training.
-        source: where the record came from in a composed split (``val1``,
-            ``train_pos_1k``, ...); "" for a plain list.
+        source: the part of the split the record came from (ILSVRC: ``val1``,
+            ``train_pos_1k``, a list's name, ...); "" where the reader sets none (COCO, VOC).
     """
 
     image_id: str

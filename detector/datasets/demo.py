@@ -447,10 +447,19 @@ def image_name(split: str, index: int) -> str:
 
 
 def annotation_xml(split: str, name: str, width: int, height: int, sample: DemoSample) -> str:
-    """The devkit's XML: ``<bndbox>`` children xmin, xmax, ymin, ymax, inclusive 0-based."""
+    """The devkit's XML of a demo image (see :func:`xml_text`)."""
+    wnids = [DEMO_CLASSES.wnids[label - 1] for label in sample.labels]
+    return xml_text(split, name, width, height, sample.boxes, wnids)
+
+
+def xml_text(
+    folder: str, name: str, width: int, height: int, boxes: np.ndarray, wnids: list[str]
+) -> str:
+    """The devkit's XML: ``<bndbox>`` children xmin, xmax, ymin, ymax, inclusive 0-based
+    (``boxes``: internal xyxy, one wnid each)."""
     lines = [
         "<annotation>",
-        f"\t<folder>{split}</folder>",
+        f"\t<folder>{folder}</folder>",
         f"\t<filename>{name}</filename>",
         "\t<source>",
         f"\t\t<database>inception-rcnn demo v{GENERATOR_VERSION}</database>",
@@ -460,10 +469,10 @@ def annotation_xml(split: str, name: str, width: int, height: int, sample: DemoS
         f"\t\t<height>{height}</height>",
         "\t</size>",
     ]
-    for (x1, y1, x2, y2), label in zip(sample.boxes.astype(int), sample.labels, strict=True):
+    for (x1, y1, x2, y2), wnid in zip(np.asarray(boxes).astype(int), wnids, strict=True):
         lines += [
             "\t<object>",
-            f"\t\t<name>{DEMO_CLASSES.wnids[label - 1]}</name>",
+            f"\t\t<name>{wnid}</name>",
             "\t\t<bndbox>",
             f"\t\t\t<xmin>{x1}</xmin>",
             f"\t\t\t<xmax>{x2 - 1}</xmax>",

@@ -1,5 +1,8 @@
-"""ILSVRC DET on disk: ``Data/DET/<split>/<name>.JPEG``, ``Annotations/DET/<split>/<name>.xml``,
-``ImageSets/DET/<split>.txt`` (``<name> <index>``), classes from ``map_det.txt``.
+"""ILSVRC DET on disk: the XML, the blacklist, and one list of the repack
+(``Data/DET/<split>/<name>.JPEG``, ``Annotations/DET/<split>/<name>.xml``,
+``ImageSets/DET/<split>.txt`` (``<name> <index>``), classes from ``map_det.txt``). Both
+layouts and the named splits (``val1+train_pos``) are read by
+:mod:`detector.datasets.ilsvrc_splits` on top of this.
 
 XML is parsed with defusedxml (no entity expansion, no external entities) and read by tag
 name: the devkit writes ``<bndbox>`` children in the order xmin, xmax, ymin, ymax.
@@ -219,6 +222,22 @@ def blacklist_for_split(
     return SplitBlacklist(path, pairs, len(val_pairs), val_list)
 
 
+VAL_SOURCES = ("val", "val1", "val2")  # parts of a named split whose index is the val.txt index
+
+
+def blacklist_on_val_records(
+    path: str | Path, classes: ClassList, records: list[ImageRecord]
+) -> SplitBlacklist:
+    """The blacklist on the records of a named split (``detector.datasets.ilsvrc_splits``):
+    those from ``val``, ``val1`` or ``val2`` carry their val.txt index, so the pairs on
+    those indices apply as they are; other records (train, test) have none."""
+    path = Path(path)
+    val_pairs = read_blacklist(path, classes)
+    indices = {r.index for r in records if r.source in VAL_SOURCES}
+    pairs = frozenset(p for p in val_pairs if p[0] in indices)
+    return SplitBlacklist(path, pairs, len(val_pairs), None)
+
+
 @dataclass
 class IlsvrcDet:
     """One split of an ILSVRC DET tree. Iterating yields :class:`ImageRecord` in list order.
@@ -263,17 +282,29 @@ class IlsvrcDet:
         return rec
 
     def image_path(self, name: str) -> Path | None:
-        base = self.root / "Data" / "DET" / self.split / name
-        for ext in IMAGE_EXTENSIONS:
-            if (p := base.with_name(base.name + ext)).exists():
-                return p
-        return None
+        return find_image(self.root / "Data" / "DET" / self.split / name)
+
+
+def find_image(base: Path) -> Path | None:
+    """``base`` with the first image extension that exists, else None."""
+    for ext in IMAGE_EXTENSIONS:
+        if (p := base.with_name(base.name + ext)).exists():
+            return p
+    return None
+
+
+CLASS_FILES = (  # a tree's own class list, first found wins
+    "devkit/data/map_det.txt",
+    "map_det.txt",
+    "ILSVRC2014_devkit/data/meta_det.mat",
+    "devkit/data/meta_det.mat",
+)
 
 
 def classes_file(root: Path) -> Path | None:
-    """The tree's own class list (``devkit/data/map_det.txt`` or ``map_det.txt``), if any."""
-    for candidate in (root / "devkit" / "data" / "map_det.txt", root / "map_det.txt"):
-        if candidate.exists():
+    """The tree's own class list (:data:`CLASS_FILES`), if any."""
+    for name in CLASS_FILES:
+        if (candidate := root / name).exists():
             return candidate
     return None
 

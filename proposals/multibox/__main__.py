@@ -4,6 +4,7 @@ Examples:
     python -m proposals.multibox train --config demo
     python -m proposals.multibox train --config ilsvrc2014 data.root=/data/ILSVRC2014 --output-dir runs/mb
     python -m proposals.multibox train --config demo --resume
+    python -m proposals.multibox train --config ilsvrc2014 data.root=/data/ILSVRC2014 --dry-run
     torchrun --nproc_per_node 2 -m proposals.multibox train --config demo
     python -m proposals.multibox propose --checkpoint runs/multibox/multibox.safetensors img.jpg
 """
@@ -16,7 +17,7 @@ import sys
 
 import numpy as np
 
-from detector.core.config import MultiBoxConfig, add_config_args, parse_args
+from detector.core.config import Config, MultiBoxConfig, add_config_args, parse_args
 from detector.core.messages import one_line
 from detector.core.runtime import tune_allocator
 
@@ -58,6 +59,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"stop after this many optimizer steps (default: {defaults.epochs} epochs, "
         "config proposals.multibox.epochs)",
     )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read the training split (data.train_split), print one JSON object describing "
+        "the training set and exit without training",
+    )
     propose = sub.add_parser("propose", help="print the proposals of images as JSON lines")
     propose.add_argument("--checkpoint", required=True, help="MultiBox safetensors checkpoint")
     propose.add_argument(
@@ -88,14 +95,17 @@ def train_command(args: argparse.Namespace) -> int:
     or usage error; errors are one line on stderr."""
     from detector.core.config import ConfigError, load_config
     from detector.core.devices import DeviceError
-    from detector.resolve import TRAIN_MULTIBOX, ResolveError, resolve_config
+    from detector.resolve import DRY_RUN, TRAIN_MULTIBOX, ResolveError, resolve_config
     from detector.training.multibox import train_multibox
     from detector.training.scaffold import is_main_process, leave_process_group
 
+    needs = DRY_RUN if args.dry_run else TRAIN_MULTIBOX
     try:
-        cfg = resolve_config(load_config(args.config, args.overrides), needs=TRAIN_MULTIBOX)
+        cfg = resolve_config(load_config(args.config, args.overrides), needs=needs)
     except (ConfigError, ResolveError, DeviceError) as e:
         return _train_error(e, 2)
+    if args.dry_run:
+        return dry_run(cfg)
     try:
         path = train_multibox(cfg, args.output_dir, resume=args.resume, max_steps=args.max_steps)
     except DeviceError as e:  # train.device this rank cannot use
@@ -106,6 +116,18 @@ def train_command(args: argparse.Namespace) -> int:
         leave_process_group()
     if is_main_process():
         print(f"MultiBox checkpoint: {path}")
+    return 0
+
+
+def dry_run(cfg: Config) -> int:
+    """Print the training set as one JSON object (0), or the reading error (1)."""
+    from detector.training.dataset_summary import MULTIBOX, training_set_summary
+
+    try:
+        summary = training_set_summary(cfg, MULTIBOX)
+    except (ValueError, OSError) as e:  # a missing XML, list or layout, naming the file
+        return _train_error(e, 1)
+    print(json.dumps(summary))
     return 0
 
 
