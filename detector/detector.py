@@ -17,7 +17,8 @@ Pipelining also starts selective-search worker processes (``spawn``): scripts th
 ``detect_many`` need the usual ``if __name__ == "__main__":`` guard, or ``processes=False``.
 
 Timings (``Detections.timings``, seconds): ``load`` (decode), ``propose`` (selective search +
-MultiBox), ``warp`` (crops), ``score`` (the CNNs), ``nms``; pipelined runs add ``wait``.
+MultiBox), ``warp`` (crops), ``score`` (the CNNs), ``heads`` (box regression and SVM scores,
+when enabled: ``detector.heads``), ``nms``; pipelined runs add ``wait``.
 """
 
 from __future__ import annotations

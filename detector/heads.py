@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from detector.classifier import METADATA_RULES as MEMBER_RULES
+from detector.classifier import classes_from_metadata
 from detector.core.box_targets import apply_box_targets, clip_to_image
 from detector.core.checkpoints import (
     CheckpointError,
@@ -59,17 +61,9 @@ def check_scorer_kind(kind: str) -> str:
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _class_list(value: Any) -> bool:
-    if not isinstance(value, dict):
-        return False
-    wnids, names = value.get("wnids"), value.get("names")
-    lists = isinstance(wnids, list) and isinstance(names, list) and len(wnids) == len(names)
-    return lists and len(wnids) > 0 and all(isinstance(v, str) for v in (*wnids, *names))
-
-
 METADATA_RULES: dict[str, Rule] = {
     "format": (repr(FORMAT), lambda v: v == FORMAT),
-    "classes": ("a mapping with equal-length string lists 'wnids' and 'names'", _class_list),
+    "classes": MEMBER_RULES["classes"],
     "feature_dim": ("an integer >= 1", lambda v: is_int(v, 1)),
     "feature_scale": (
         "a finite number > 0",
@@ -191,7 +185,7 @@ def load_heads(
     if missing:
         raise CheckpointError(f"{path}: not a heads file (metadata lacks {', '.join(missing)})")
     check_metadata(path, meta, METADATA_RULES)
-    stored = ClassList(list(meta["classes"]["wnids"]), list(meta["classes"]["names"]))
+    stored = classes_from_metadata(meta)
     k, d = len(stored), int(meta["feature_dim"])
     shapes = {
         "svm.weight": (k, d),

@@ -63,7 +63,7 @@ from detector.core.config import (
 )
 from detector.core.messages import one_line
 
-STAGES = ("load", "propose", "warp", "score", "nms", "wait")
+STAGES = ("load", "propose", "warp", "score", "heads", "nms", "wait")
 
 OK, FAILED, USAGE, OUTPUT, INTERRUPTED = 0, 1, 2, 3, 130
 

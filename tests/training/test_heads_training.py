@@ -113,3 +113,15 @@ def test_box_regression_raises_the_iou_of_the_detections(tmp_path):
     )
     before, after = mean_top_iou(plain, records), mean_top_iou(refined, records)
     assert after > before + 0.03, (before, after)
+
+
+def test_heads_settings_leave_the_members_alone():
+    """Heads train after the members: their settings neither restart a member's resume nor
+    rebuild the demo's models."""
+    from detector.demo import build_key
+    from detector.training.classifier import resume_key
+
+    a = load_config("demo")
+    b = load_config("demo", ["heads.bbox_alpha=10", "heads.svm_rounds=1"])
+    assert resume_key(a) == resume_key(b) and build_key(a) == build_key(b)
+    assert resume_key(a) != resume_key(load_config("demo", ["train.lr=0.5"]))
