@@ -76,9 +76,10 @@ class Detector:
         calibration_images: an int8 scorer is calibrated on the first this many images of
             :meth:`detect_many` (see :meth:`calibrate`).
         heads: R-CNN's box regressors and SVMs on member 0's features (``detector.heads``);
-            required by ``box_regression`` or ``scorer="svm"``, else unused (may be None).
+            required by ``box_regression`` or ``scorer_kind="svm"``, else unused (may be None).
         box_regression: refine each proposal's box per class before NMS.
-        scorer: "softmax" (the ensemble's averaged softmax) or "svm" (the heads' SVMs).
+        scorer_kind: "softmax" (the ensemble's averaged softmax) or "svm" (the heads' SVMs;
+            ``inference.scorer``).
     """
 
     def __init__(

@@ -204,6 +204,7 @@ def fit_svm(
     c: float,
     pos_weight: float,
     rounds: int,
+    seed: int,
 ) -> tuple[np.ndarray, float, int]:
     """One linear SVM with R-CNN's hard-negative mining.
 
@@ -213,23 +214,24 @@ def fit_svm(
         first (int64[F]): the pool rows of the first round.
         c, pos_weight: liblinear's C and the positives' loss weight.
         rounds: mining rounds after the first (each adds the pool's margin violators).
+        seed: liblinear's coordinate order (the fit is reproducible).
     Returns:
         weight (float32[D]), bias, and how many negatives the last fit used.
     """
     active = np.zeros(len(pool), bool)
     active[first] = True
-    w, b = _fit_linear_svm(positives, pool[active], c=c, pos_weight=pos_weight)
+    w, b = _fit_linear_svm(positives, pool[active], c=c, pos_weight=pos_weight, seed=seed)
     for _ in range(rounds):
         hard = ~active & (pool @ w + b > HARD_MARGIN)
         if not hard.any():
             break
         active |= hard
-        w, b = _fit_linear_svm(positives, pool[active], c=c, pos_weight=pos_weight)
+        w, b = _fit_linear_svm(positives, pool[active], c=c, pos_weight=pos_weight, seed=seed)
     return w, b, int(active.sum())
 
 
 def _fit_linear_svm(
-    pos: np.ndarray, neg: np.ndarray, *, c: float, pos_weight: float
+    pos: np.ndarray, neg: np.ndarray, *, c: float, pos_weight: float, seed: int
 ) -> tuple[np.ndarray, float]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
@@ -243,6 +245,7 @@ def _fit_linear_svm(
         class_weight={1: pos_weight, 0: 1.0},
         intercept_scaling=SVM_BIAS_SCALE,
         max_iter=10_000,
+        random_state=seed,
     )
     with warnings.catch_warnings():
         # A few passes short of liblinear's tolerance do not change the ranking.
@@ -280,7 +283,9 @@ def fit_svms(
             continue
         rng = np.random.default_rng([seed, k])
         first = _first_negatives(regions.image_idx[pool], first_negatives, rng)
-        w, b, used = fit_svm(x[pos], x[pool], first, c=c, pos_weight=pos_weight, rounds=rounds)
+        w, b, used = fit_svm(
+            x[pos], x[pool], first, c=c, pos_weight=pos_weight, rounds=rounds, seed=seed
+        )
         weight[k - 1], bias[k - 1] = w, b
         stats[-1]["negatives"] = used
     return weight, bias, stats

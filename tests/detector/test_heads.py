@@ -223,3 +223,11 @@ def test_default_heads_file_lies_beside_member_0(random_members):
 
     cfg = resolve_config(fast_config(random_members))
     assert heads_path(cfg) == Path(cfg.model.checkpoints[0]).parent / "heads.safetensors"
+
+
+def test_no_proposals_give_no_boxes_and_no_scores():
+    heads = make_heads("0" * 64)
+    assert heads.refine(np.zeros((0, 4)), np.zeros((0, D)), (10, 10)).shape == (0, 4, 4)
+    assert heads.scores(np.zeros((0, D))).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"features \[N, 1024\]"):
+        heads.scores(np.zeros((2, 7)))

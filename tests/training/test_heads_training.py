@@ -67,9 +67,10 @@ def test_hard_negative_mining_ranks_held_out_positives_above_negatives():
     pos, easy, hard = sample(40, 1900, 100)
     pool = np.concatenate([easy, hard])
     first = np.arange(0, 1900, 100)  # 19 easy negatives only
-    settings = {"c": 0.1, "pos_weight": 2.0}
+    settings = {"c": 0.1, "pos_weight": 2.0, "seed": 0}
     w0, b0, used0 = fit_svm(pos, pool, first, rounds=0, **settings)
     w, b, used = fit_svm(pos, pool, first, rounds=3, **settings)
+    np.testing.assert_array_equal(w, fit_svm(pos, pool, first, rounds=3, **settings)[0])
     assert used0 == 19 and used > 19 + 50  # the hard negatives joined
     test_pos, test_easy, test_hard = sample(200, 200, 200)
 
