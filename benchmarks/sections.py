@@ -256,6 +256,9 @@ def paper_detector(args: argparse.Namespace, precision: str = "auto"):
         nms=nms_settings(inference),
         max_pixels=DataConfig().max_pixels,
         calibration_images=inference.calibration_images,
+        heads=None,
+        box_regression=inference.box_regression,
+        scorer_kind=inference.scorer,
     )
 
 

@@ -16,9 +16,11 @@ from detector.classifier import classes_from_metadata, load_members, warp_from_m
 from detector.core.checkpoints import CheckpointError
 from detector.core.config import Config, InferenceConfig, ModelConfig
 from detector.core.devices import DeviceError, resolve_device
+from detector.core.digests import file_sha256
 from detector.core.paths import expand
 from detector.core.structures import ClassList
 from detector.ensemble import Ensemble
+from detector.heads import HEADS_NAME, Heads, check_scorer_kind, load_heads
 from detector.nms import NmsSettings
 from detector.warp import WarpSettings
 from proposals.generator import ProposalGenerator
@@ -48,8 +50,49 @@ def detector_parts(cfg: Config) -> tuple[ProposalGenerator, Ensemble, ClassList,
         "nms": nms_settings(cfg.inference),
         "max_pixels": cfg.data.max_pixels,
         "calibration_images": cfg.inference.calibration_images,
+        "heads": load_detector_heads(cfg, classes) if uses_heads(cfg.inference) else None,
+        "box_regression": cfg.inference.box_regression,
+        "scorer_kind": cfg.inference.scorer,
     }
     return proposer, ensemble, classes, settings
+
+
+def uses_heads(inference: InferenceConfig) -> bool:
+    """Whether the detector needs the heads file (box regression or the SVM scorer)."""
+    try:
+        kind = check_scorer_kind(inference.scorer)
+    except ValueError as e:
+        raise ModelSetupError(str(e)) from None
+    return inference.box_regression or kind == "svm"
+
+
+def heads_path(cfg: Config) -> Path:
+    """``heads.checkpoint``, else ``heads.safetensors`` in member 0's folder."""
+    if cfg.heads.checkpoint:
+        return expand(cfg.heads.checkpoint)
+    return member_paths(cfg.model)[0].parent / HEADS_NAME
+
+
+def load_detector_heads(cfg: Config, classes: ClassList) -> Heads:
+    """The heads file of ``cfg``, checked against member 0 and the classes.
+
+    Raises:
+        ModelSetupError: missing (saying how to train it), malformed or fitted on another
+            member 0.
+    """
+    path = heads_path(cfg)
+    why = "inference.box_regression" if cfg.inference.box_regression else "inference.scorer=svm"
+    if not path.is_file():
+        raise ModelSetupError(
+            f"{path}: heads file not found ({why} needs it; heads.checkpoint); train it with "
+            "`python -m detector.train --heads` after the members"
+        )
+    try:
+        return load_heads(
+            path, member_sha256=file_sha256(member_paths(cfg.model)[0]), classes=classes
+        )
+    except CheckpointError as e:
+        raise ModelSetupError(str(e)) from None
 
 
 def load_ensemble(

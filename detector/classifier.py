@@ -45,6 +45,12 @@ METADATA_KEY = "detector"
 # [-1, 1] scaling of the original (Caffe-trained, then converted) weights.
 _TI_SCALE = tuple(s / 0.5 for s in IMAGENET_STD)
 _TI_SHIFT = tuple((m - 0.5) / 0.5 for m in IMAGENET_MEAN)
+# torchvision GoogLeNet's layers from the input to the global average pool, in order.
+TRUNK = (
+    "conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+    "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e",
+    "maxpool4", "inception5a", "inception5b", "avgpool",
+)  # fmt: skip
 # Metadata that every member of an ensemble must share.
 SHARED_KEYS = ("num_outputs", "classes", "input_size", "context_pad", "mean", "std")
 
@@ -85,6 +91,17 @@ class RegionGoogLeNet(GoogLeNet):
         if self.transform_input:
             return x * self.ti_scale + self.ti_shift
         return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features of the crops, ``fc``'s input: float[N, 1024].
+
+        torchvision's trunk in its own order (aux heads and dropout act only in training), so
+        ``self.fc(self.features(x))`` is the eval-mode ``self(x)`` (tested).
+        """
+        x = self._transform_input(x)
+        for name in TRUNK:
+            x = getattr(self, name)(x)
+        return torch.flatten(x, 1)
 
 
 def build_googlenet(

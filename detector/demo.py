@@ -43,9 +43,10 @@ BUILD_RECORD = "build.json"
 
 
 def build_key(cfg: Config) -> dict:
-    """What the demo models depend on: everything but inference-time and output settings."""
+    """What the demo models depend on: everything but inference-time, heads (trained after
+    the models, by their own command) and output settings."""
     d = cfg.to_dict()
-    for key in ("inference", "eval", "source"):
+    for key in ("inference", "heads", "eval", "source"):
         d.pop(key, None)
     d["proposals"]["multibox"].pop("checkpoint", None)
     d["model"].pop("checkpoints", None)

@@ -17,7 +17,8 @@ Pipelining also starts selective-search worker processes (``spawn``): scripts th
 ``detect_many`` need the usual ``if __name__ == "__main__":`` guard, or ``processes=False``.
 
 Timings (``Detections.timings``, seconds): ``load`` (decode), ``propose`` (selective search +
-MultiBox), ``warp`` (crops), ``score`` (the CNNs), ``nms``; pipelined runs add ``wait``.
+MultiBox), ``warp`` (crops), ``score`` (the CNNs), ``heads`` (box regression and SVM scores,
+when enabled: ``detector.heads``), ``nms``; pipelined runs add ``wait``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from detector.core.clock import Clock
 from detector.core.config import Config
 from detector.core.io import ImageLike, read_image
 from detector.core.structures import ClassList, Detections, Proposals
+from detector.heads import Heads, check_scorer_kind
 from detector.nms import NmsSettings, per_class_nms
 from detector.warp import Regions
 
@@ -53,6 +55,8 @@ class Scorer(Protocol):
 
     def score(self, crops: Regions) -> np.ndarray: ...
 
+    def score_and_features(self, crops: Regions) -> tuple[np.ndarray, np.ndarray]: ...
+
     def calibrate_on_images(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> int: ...
 
     @property
@@ -71,6 +75,11 @@ class Detector:
         max_pixels: images above this many pixels are refused (``ImageLoadError``).
         calibration_images: an int8 scorer is calibrated on the first this many images of
             :meth:`detect_many` (see :meth:`calibrate`).
+        heads: R-CNN's box regressors and SVMs on member 0's features (``detector.heads``);
+            required by ``box_regression`` or ``scorer_kind="svm"``, else unused (may be None).
+        box_regression: refine each proposal's box per class before NMS.
+        scorer_kind: "softmax" (the ensemble's averaged softmax) or "svm" (the heads' SVMs;
+            ``inference.scorer``).
     """
 
     def __init__(
@@ -82,6 +91,9 @@ class Detector:
         nms: NmsSettings,
         max_pixels: int,
         calibration_images: int,
+        heads: Heads | None,
+        box_regression: bool,
+        scorer_kind: str,
     ):
         if scorer.num_outputs != len(classes) + 1:
             raise ValueError(
@@ -94,6 +106,13 @@ class Detector:
         self.nms_settings = nms
         self.max_pixels = int(max_pixels)
         self.calibration_images = int(calibration_images)
+        self.box_regression = bool(box_regression)
+        self.svm_scores = check_scorer_kind(scorer_kind) == "svm"
+        self.heads = heads if self.box_regression or self.svm_scores else None
+        if (self.box_regression or self.svm_scores) and heads is None:
+            raise ValueError("box regression and the SVM scorer need heads (detector.heads)")
+        if self.heads is not None and self.heads.classes.wnids != classes.wnids:
+            raise ValueError("the heads were fitted for other classes than the detector's")
 
     # ---- building --------------------------------------------------------------------------
 
@@ -153,11 +172,18 @@ class Detector:
         return self.classify(image, proposals, clock)
 
     def classify(self, image: np.ndarray, proposals: Proposals, clock: Clock) -> Detections:
-        """The steps after proposing: warp -> score -> NMS, timed on ``clock``."""
+        """The steps after proposing: warp -> score (-> heads) -> NMS, timed on ``clock``."""
         regions = self.scorer.regions(image, proposals.boxes)
-        probs = self.scorer.score(regions)
-        clock.lap("score")
-        detections = self.nms(proposals.boxes, probs)
+        boxes = proposals.boxes
+        if self.heads is None:
+            probs = self.scorer.score(regions)
+            clock.lap("score")
+        else:
+            probs, feats = self.scorer.score_and_features(regions)
+            clock.lap("score")
+            boxes, probs = self.apply_heads(boxes, probs, feats, image.shape[:2])
+            clock.lap("heads")
+        detections = self.nms(boxes, probs)
         clock.lap("nms")
         clock.split("score", "warp", regions.seconds)  # the warp ran inside the score lap
         detections.num_proposals = len(proposals)
@@ -169,8 +195,21 @@ class Detector:
         """The load step: a path, array or PIL image -> RGB ``uint8[H, W, 3]``."""
         return read_image(x, self.max_pixels)
 
+    def apply_heads(
+        self, boxes: np.ndarray, probs: np.ndarray, feats: np.ndarray, image_size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The heads step: SVM scores in place of ``probs`` and per-class refined boxes
+        (float32[N, K + 1, 4]), each as the settings ask; the rest passes through."""
+        assert self.heads is not None
+        if self.svm_scores:
+            probs = self.heads.scores(feats)
+        if self.box_regression:
+            boxes = self.heads.refine(boxes, feats, image_size)
+        return boxes, probs
+
     def nms(self, boxes: np.ndarray, probs: np.ndarray) -> Detections:
-        """The NMS step: per-class greedy NMS over the class columns 1..K."""
+        """The NMS step: per-class greedy NMS over the class columns 1..K (``boxes``
+        float32[N, 4], or per class float32[N, K + 1, 4])."""
         kept_boxes, scores, labels = per_class_nms(boxes, probs, **asdict(self.nms_settings))
         labels = np.asarray(labels, dtype=np.int64)
         return Detections(

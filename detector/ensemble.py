@@ -174,21 +174,75 @@ class Ensemble:
             timings["score"] = timings.get("score", 0.0) + spent
         return probs
 
+    def score_and_features(self, crops: Regions | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score`, plus member 0's pooled features of the same crops (what R-CNN's
+        box regressors and SVMs read, ``detector.heads``).
+
+        fp32/bf16 eager: one forward pass of member 0 gives both (``fc`` of the features is
+        its logits), so the features cost nothing extra. Compiled or int8 members run member
+        0's eager fp32/bf16 trunk once more for the features: the heads are fitted on those.
+
+        Returns:
+            (float32[N, C] mean softmax, float32[N, D] features of member 0).
+        """
+        if not callable(getattr(self.members[0], "features", None)):
+            raise TypeError("member 0 has no features(x): box regression and SVMs need one")
+        if isinstance(crops, Regions) and self.needs_calibration:
+            self.calibrate_on_images([(crops.image, crops.boxes)])
+        chunks = crops if isinstance(crops, Regions) else crops.split(self.chunk_size)
+        probs, feats = [], []
+        for chunk in chunks:
+            p, f = self._score_chunk_features(chunk)
+            probs.append(p)
+            feats.append(f)
+        if not probs:
+            return self._no_features()
+        return np.concatenate(probs), np.concatenate(feats)
+
     def _score_chunk(self, crops: torch.Tensor) -> np.ndarray:
         """float32[n, C] mean softmax of one chunk (n <= chunk_size)."""
         n = len(crops)
         if n == 0:
             return np.zeros((0, self.num_outputs), dtype=np.float32)
-        x = crops.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
-        if self.compile and n < self.chunk_size:  # one fixed shape: no recompilation
-            fill = x.new_zeros((self.chunk_size - n, *x.shape[1:]))
-            x = torch.cat([x, fill]).contiguous(memory_format=torch.channels_last)
+        x = self._input(crops)
         models = self._models()
         with torch.inference_mode(), self._autocast():
             total = torch.zeros((len(x), self.num_outputs), device=self.device)
             for model in models:
                 total += model(x).float().softmax(dim=1)
         return (total[:n] / len(models)).cpu().numpy()
+
+    def _score_chunk_features(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_score_chunk` and member 0's features of one chunk."""
+        n = len(crops)
+        if n == 0:
+            return self._no_features()
+        x = self._input(crops)
+        models = self._models()
+        first = self.members[0]
+        with torch.inference_mode(), self._autocast():
+            feats = first.features(x)
+            total = torch.zeros((len(x), self.num_outputs), device=self.device)
+            rest = models
+            if models[0] is first:  # eager: member 0's logits from the same pass
+                total += first.fc(feats).float().softmax(dim=1)
+                rest = models[1:]
+            for model in rest:
+                total += model(x).float().softmax(dim=1)
+        probs = (total[:n] / len(models)).cpu().numpy()
+        return probs, feats[:n].float().cpu().numpy()
+
+    def _no_features(self) -> tuple[np.ndarray, np.ndarray]:
+        dim = int(self.members[0].fc.in_features)
+        return np.zeros((0, self.num_outputs), np.float32), np.zeros((0, dim), np.float32)
+
+    def _input(self, crops: torch.Tensor) -> torch.Tensor:
+        """A chunk on the device, channels_last; compiled: zero-padded to the one shape."""
+        x = crops.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
+        if self.compile and len(x) < self.chunk_size:  # one fixed shape: no recompilation
+            fill = x.new_zeros((self.chunk_size - len(x), *x.shape[1:]))
+            x = torch.cat([x, fill]).contiguous(memory_format=torch.channels_last)
+        return x
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = autocast_dtype(self.precision)

@@ -40,7 +40,8 @@ def per_class_nms(
     probability exceeds ``score_threshold``.
 
     Args:
-        boxes (float32[N, 4]): internal xyxy.
+        boxes (float32[N, 4] or float32[N, C, 4]): internal xyxy; per class (column k the
+            box of class k, e.g. after box regression) or one box for every class.
         probs (float32[N, C]): class probabilities, column 0 the background (never detected).
         nms_iou: suppress same-class boxes overlapping a better one by more than this.
         score_threshold: keep (box, class) pairs with probability strictly above this.
@@ -50,19 +51,24 @@ def per_class_nms(
         boxes (float32[M, 4]), scores (float32[M]), labels (int64[M], 1..C-1), by descending
         score (ties: lower box index, then lower class id, first).
     """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.float32)
+    per_class = boxes.ndim == 3
+    boxes = boxes if per_class else boxes.reshape(-1, 4)
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 2 or len(probs) != len(boxes):
         raise ValueError(
             f"per_class_nms: probs must be [N, C] with N = {len(boxes)} boxes, got {probs.shape}"
         )
+    if per_class and boxes.shape[1:] != (probs.shape[1], 4):
+        raise ValueError(f"per_class_nms: per-class boxes must be [N, C, 4], got {boxes.shape}")
     rows, cols = np.nonzero(probs[:, 1:] > score_threshold)  # row-major: box, then class
     if len(rows) == 0:
         return _empty()
     labels = cols.astype(np.int64) + 1
     scores = probs[rows, labels]
+    candidates = np.ascontiguousarray(boxes[rows, labels] if per_class else boxes[rows])
     keep = batched_nms(
-        torch.from_numpy(boxes[rows]),
+        torch.from_numpy(candidates),
         torch.from_numpy(scores),
         torch.from_numpy(labels),
         nms_iou,
@@ -73,7 +79,7 @@ def per_class_nms(
         keep = keep[_rank_within_class(labels[keep]) < max_per_class]
     if max_detections > 0:
         keep = keep[:max_detections]
-    return boxes[rows[keep]], scores[keep], labels[keep]
+    return candidates[keep], scores[keep], labels[keep]
 
 
 def _rank_within_class(labels: np.ndarray) -> np.ndarray:

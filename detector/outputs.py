@@ -5,7 +5,7 @@ run goes::
 
     {"header": {"log": "detector.run", "version": 2, "images": "/abs/photos",
                 "root": "/abs/photos", "settings": {...}, "settings_digest": "...",
-                "models": {"members": ["<sha256>", ...], "multibox": null}}}
+                "models": {"members": ["<sha256>", ...], "multibox": null, "heads": null}}}
     {"image": "sub/a.jpg", "ok": true, "file": {"size": 51234, "mtime_ns": ..., "sha256": "..."},
      "detections": {<Detections.to_dict()>}}
     {"image": "b.jpg", "ok": false, "error": "b.jpg: truncated or corrupt image data (...)"}
@@ -88,14 +88,18 @@ def detection_settings(cfg: Config) -> dict[str, Any]:
 
 
 def model_digests(cfg: Config) -> dict[str, Any]:
-    """SHA-256 of the bytes of every member checkpoint (in order) and of MultiBox's (or None).
+    """SHA-256 of the bytes of every member checkpoint (in order), of MultiBox's and of the
+    heads file (each None when not used).
 
     ``cfg`` is resolved: ``model.checkpoints`` lists the members.
     """
+    from detector.build import heads_path, uses_heads
+
     mb = cfg.proposals.multibox
     return {
         "members": [file_sha256(p) for p in cfg.model.checkpoints],
         "multibox": file_sha256(mb.checkpoint) if mb.enabled and mb.checkpoint else None,
+        "heads": file_sha256(heads_path(cfg)) if uses_heads(cfg.inference) else None,
     }
 
 
@@ -155,6 +159,8 @@ def header_mismatch(old: dict[str, Any] | None, new: dict[str, Any]) -> str | No
             problems.append(f"other models (member {', '.join(which)} checkpoint contents)")
     if om.get("multibox") != nm["multibox"]:
         problems.append("another MultiBox checkpoint (or MultiBox on/off)")
+    if om.get("heads") != nm.get("heads"):
+        problems.append("other box-regression/SVM heads (or the heads on/off)")
     return "; ".join(problems) or None
 
 

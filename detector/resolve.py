@@ -9,7 +9,8 @@ the only place that decides "is this the embedded demo?" (``data.root`` empty). 
   ``map_det.txt`` or devkit ``meta_det.mat``, else the 200 shipped classes);
 - ``data.blacklist``: a file path, or "" (a shipped name maps to its file; the ILSVRC
   blacklist names val images, so on the demo it is dropped with a note);
-- ``model.checkpoint_dir`` / ``model.checkpoints`` and ``proposals.multibox.checkpoint``:
+- ``model.checkpoint_dir`` / ``model.checkpoints``, ``proposals.multibox.checkpoint`` and,
+  when box regression or the SVM scorer is on, ``heads.checkpoint``:
   the demo's built models for the demo; for a real data root they must be configured, and
   missing ones are an error saying what is missing and how to train it. A real root never
   falls back to the demo's models;
@@ -47,13 +48,19 @@ class Needs:
     data: bool = True  # read the dataset (the demo tree is generated if missing)
     members: bool = True  # ensemble member checkpoints
     multibox: bool = True  # the MultiBox checkpoint (when proposals.multibox.enabled)
+    heads: bool = True  # the heads file (when inference.box_regression or inference.scorer=svm)
 
 
 DETECT = Needs()  # detection and evaluation by running the detector
-TRAIN_MEMBERS = Needs(members=False)  # proposals are computed, members are trained
-TRAIN_MULTIBOX = Needs(members=False, multibox=False)
-SCORE_FILE = Needs(members=False, multibox=False)  # eval.map --detections: annotations only
-DRY_RUN = Needs(members=False, multibox=False)  # the trainers' --dry-run: the data only
+TRAIN_MEMBERS = Needs(members=False, heads=False)  # proposals are computed, members are trained
+TRAIN_MULTIBOX = Needs(members=False, multibox=False, heads=False)
+TRAIN_HEADS = Needs(heads=False)  # the members' features and the proposals fit the heads
+SCORE_FILE = Needs(
+    members=False, multibox=False, heads=False
+)  # eval.map --detections: annotations only
+DRY_RUN = Needs(
+    members=False, multibox=False, heads=False
+)  # the trainers' --dry-run: the data only
 
 
 def is_demo(cfg: Config) -> bool:
@@ -177,6 +184,8 @@ def _check_models(cfg: Config, demo: bool, needs: Needs) -> None:
     )
     if needs.members:
         _check_members(cfg, build)
+    if needs.heads:
+        _check_heads(cfg, demo)
     mb = cfg.proposals.multibox
     if needs.multibox and mb.enabled:
         how = (
@@ -211,6 +220,26 @@ def _check_members(cfg: Config, build: str) -> None:
             ) from None
         raise ResolveError(f"{e}; {build}") from None
     cfg.model.checkpoints, cfg.model.checkpoint_dir = [str(p) for p in paths], ""
+
+
+def _check_heads(cfg: Config, demo: bool) -> None:
+    """The heads file, when box regression or the SVM scorer asks for it (after the members)."""
+    from detector.build import ModelSetupError, heads_path, uses_heads
+
+    try:
+        if not uses_heads(cfg.inference):
+            return
+        path = heads_path(cfg)
+    except ModelSetupError as e:
+        raise ResolveError(str(e)) from None
+    if not path.is_file():
+        flags = "" if demo else _config_flag(cfg)
+        why = "inference.box_regression" if cfg.inference.box_regression else "inference.scorer=svm"
+        raise ResolveError(
+            f"{path}: heads file not found ({why} needs it; heads.checkpoint); train it with "
+            f"`python -m detector.train {flags}--heads` after the members"
+        )
+    cfg.heads.checkpoint = str(path)
 
 
 def _config_flag(cfg: Config) -> str:

@@ -79,7 +79,7 @@ from detector.run_checks import (
     latest_run_dir,
 )
 
-STAGES = ("load", "propose", "warp", "score", "nms", "wait")
+STAGES = ("load", "propose", "warp", "score", "heads", "nms", "wait")
 
 OK, FAILED, USAGE, OUTPUT, INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -2,7 +2,8 @@
 
 The command line of ``detector.training.classifier``: it loads the config, resolves it
 (``detector.resolve``, which generates the demo dataset for the demo config) and trains the
-chosen members one after another.
+chosen members one after another. ``--heads`` instead fits R-CNN's box regressors and SVMs
+on member 0's features (``detector.training.heads``), after the members.
 
 Examples::
 
@@ -13,6 +14,7 @@ Examples::
     python -m detector.train --max-steps 50 train.epochs=2 model.input_size=64
     python -m detector.train --config ilsvrc2014 data.root=/data/ILSVRC2014 --dry-run
                                                               # the training set, as JSON
+    python -m detector.train --heads                          # box regressors + SVMs, after the members
 
     # one command for one CPU, one GPU or many: under torchrun it runs DistributedDataParallel
     # (gloo on CPU, nccl on CUDA, rank r on cuda:LOCAL_RANK); only rank 0 writes files
@@ -59,6 +61,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--members", choices=["all"], default=None, help="'all': members 0 .. model.members-1"
     )
+    which.add_argument(
+        "--heads",
+        action="store_true",
+        help="fit R-CNN's per-class box regressors and SVMs on member 0's features (after the "
+        "members; written to heads.checkpoint, default heads.safetensors beside member 0)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from member_<i>.state.pt")
     parser.add_argument(
         "--output-dir",
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch and the trainer are imported after parsing: --help is fast.
     from detector.core.devices import DeviceError
     from detector.core.runtime import tune_allocator
-    from detector.resolve import DRY_RUN, TRAIN_MEMBERS, ResolveError, resolve_config
+    from detector.resolve import DRY_RUN, TRAIN_HEADS, TRAIN_MEMBERS, ResolveError, resolve_config
     from detector.training.classifier import train_member
     from detector.training.scaffold import is_main_process, leave_process_group
 
@@ -102,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 f"--member {args.member} outside 0..{cfg.model.members - 1} (model.members)"
             )
-        cfg = resolve_config(cfg, needs=DRY_RUN if args.dry_run else TRAIN_MEMBERS)
+        needs = DRY_RUN if args.dry_run else TRAIN_HEADS if args.heads else TRAIN_MEMBERS
+        cfg = resolve_config(cfg, needs=needs)
     except (ConfigError, ResolveError, DeviceError) as e:
         return _error(e, 2)
     if args.dry_run:
         return dry_run(cfg)
+    if args.heads:
+        return _train_heads(cfg)
     out = Path(args.output_dir or cfg.train.output_dir)
     try:
         for i in members:
@@ -131,6 +142,16 @@ def dry_run(cfg: Config) -> int:
     except (ValueError, OSError) as e:  # a missing XML, list or layout, naming the file
         return _error(e, 1)
     print(json.dumps(summary))
+    return 0
+
+
+def _train_heads(cfg: Config) -> int:
+    from detector.training.heads import train_heads
+
+    try:
+        print(f"heads: {train_heads(cfg)}")
+    except (ValueError, OSError) as e:  # data, checkpoints (ModelSetupError, CheckpointError)
+        return _error(e, 1)
     return 0
 
 

@@ -167,3 +167,14 @@ def test_long_values_are_cut_in_error_messages() -> None:
         with pytest.raises(ConfigError) as info:
             load_config("ilsvrc2014", [override])
         assert len(str(info.value)) < 400
+
+
+def test_the_heads_preset_is_the_paper_plus_rcnn_heads():
+    """Off by default (the paper); configs/ilsvrc2014_rcnn_heads.yaml turns both on, nothing else."""
+    assert Config().inference.box_regression is False and Config().inference.scorer == "softmax"
+    heads = load_config("ilsvrc2014_rcnn_heads")
+    assert heads.inference.box_regression is True and heads.inference.scorer == "svm"
+    heads.inference.box_regression, heads.inference.scorer = False, "softmax"
+    paper, preset = load_config("ilsvrc2014").to_dict(), heads.to_dict()
+    paper.pop("source"), preset.pop("source")
+    assert preset == paper

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "detector.classifier",
             "detector.ensemble",
             "detector.nms",
+            "detector.heads",
             "detector.detector",
             "detector.build",
             "detector.batch",

@@ -139,6 +139,8 @@ class InferenceConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
     calibration_images: int = 8  # int8: detect_many calibrates on its first N images
     vis_threshold: float = 0.5  # detector.run --save-vis draws the boxes scoring at least this
+    box_regression: bool = False  # refine each proposal per class with R-CNN's box regressors before NMS (heads.checkpoint; beyond the paper)
+    scorer: str = "softmax"  # softmax (the ensemble's average, the paper) | svm (R-CNN's per-class SVMs on member 0's features; heads.checkpoint)
 
 
 @dataclass
@@ -165,6 +167,31 @@ class TrainConfig:
 
 
 @dataclass
+class HeadsConfig:
+    """R-CNN's box regressors and SVMs on member 0's pooled features (``detector.heads``):
+    used when inference.box_regression or inference.scorer=svm; trained by
+    ``python -m detector.train --heads`` after the members."""
+
+    checkpoint: str = ""  # the heads file; "" = heads.safetensors beside member 0
+    split: str = ""  # the split whose images' proposals the heads are fitted on; "" = data.train_split (R-CNN used val1 on ILSVRC)
+    max_images: int = 0  # use at most this many of them; 0 = all
+    feature_norm: float = (
+        20.0  # features are scaled to this mean L2 norm on the training regions (R-CNN)
+    )
+    negatives_per_image: int = 200  # proposals below bbox_iou kept per image (random) for the SVMs' mining pool; bounds memory
+    seed: int = 0  # which negatives are kept and start the SVMs
+    bbox_iou: float = 0.6  # box regression trains on proposals with IoU >= this with a ground truth of the class (R-CNN)
+    bbox_alpha: float = (
+        1000.0  # ridge regularisation (R-CNN's lambda on pool5; sklearn Ridge alpha)
+    )
+    svm_neg_iou: float = 0.3  # SVM negatives: IoU below this with every ground truth of the class; positives are the ground truths (R-CNN)
+    svm_c: float = 0.001  # liblinear C (R-CNN)
+    svm_pos_weight: float = 2.0  # weight of the positives' hinge loss (R-CNN)
+    svm_first_negatives: int = 10  # random negatives per image in the first round
+    svm_rounds: int = 3  # hard-negative mining rounds after the first: add every pool negative with margin > -1, refit
+
+
+@dataclass
 class EvalConfig:
     iou: float = 0.5  # Jaccard overlap for a hit (capped by the devkit's small-object rule)
     max_per_class_total: int = 30_000  # submission cap per class over the whole set (R-CNN)
@@ -179,6 +206,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = ""  # the YAML file this config was read from ("" = defaults)
 

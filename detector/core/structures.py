@@ -160,7 +160,8 @@ class Detections:
         labels (int64[N]): class ids 1..K.
         class_names (list[str]): name of each detection's class.
         num_proposals: how many proposals were scored.
-        timings: seconds per stage (load, propose, warp, score = the CNNs, nms; pipelined: wait).
+        timings: seconds per stage (load, propose, warp, score = the CNNs, heads = box
+            regression / SVMs when enabled, nms; pipelined: wait).
         image_size: (height, width) of the image the boxes refer to.
     """
 

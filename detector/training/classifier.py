@@ -235,9 +235,9 @@ RESUMABLE_CHANGES = {
 
 
 def resume_key(cfg: Config) -> str:
-    """Digest of what the training state depends on (not inference/eval/output settings)."""
+    """Digest of what the training state depends on (not inference/heads/eval/output settings)."""
     d = cfg.to_dict()
-    for section in ("inference", "eval", "source"):
+    for section in ("inference", "heads", "eval", "source"):
         d.pop(section, None)
     for section, keys in RESUMABLE_CHANGES.items():
         for key in keys:
