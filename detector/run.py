@@ -550,8 +550,7 @@ def rank_config(cfg: Config, world: World) -> Config:
 
     cfg = copy.deepcopy(cfg)
     inf, ss = cfg.inference, cfg.proposals.selective_search
-    if inf.device.startswith("cuda"):
-        inf.device = f"cuda:{world.local_rank}"
+    inf.device = world.device(inf.device)
     cores = world.cores(available_cores())
     inf.threads = inf.threads or cores
     ss.workers = ss.workers or cores

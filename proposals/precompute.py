@@ -135,7 +135,7 @@ def precompute_share(
     if ss.enabled:
         torch.set_num_threads(1)  # the search processes own the cores; MultiBox is a small share
     try:
-        generator = ProposalGenerator.from_config(cfg)
+        generator = ProposalGenerator.from_config(cfg, device=world.device(cfg.inference.device))
     except (CheckpointError, ValueError) as e:
         return _error(e)
     mine = shard.take(paths)

@@ -99,6 +99,11 @@ class World:
     def shard(self) -> Shard:
         return Shard(self.rank, self.size)
 
+    def device(self, device: str) -> str:
+        """This rank's device for a resolved ``device``: its local GPU for any CUDA device
+        (ranks of one machine never share one GPU by accident), the CPU unchanged."""
+        return f"cuda:{self.local_rank}" if device.startswith("cuda") else device
+
     def cores(self, available: int) -> int:
         """This rank's share of the machine's ``available`` cores (at least 1): the ranks
         of one machine split its cores instead of each starting a team on all of them."""
