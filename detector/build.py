@@ -53,6 +53,7 @@ def detector_parts(cfg: Config) -> tuple[ProposalGenerator, Ensemble, ClassList,
         "heads": load_detector_heads(cfg, classes) if uses_heads(cfg.inference) else None,
         "box_regression": cfg.inference.box_regression,
         "scorer_kind": cfg.inference.scorer,
+        "dedup_iou": cfg.inference.dedup_iou,
     }
     return proposer, ensemble, classes, settings
 
@@ -111,6 +112,7 @@ def load_ensemble(
         precision=inference.precision,
         chunk_size=inference.chunk_size,
         compile=inference.compile,
+        cascade_threshold=inference.cascade_threshold,
     )
     return ensemble, meta
 

@@ -31,13 +31,14 @@ from typing import Protocol
 
 import numpy as np
 
+from detector.core.boxes import box_iou
 from detector.core.clock import Clock
 from detector.core.config import Config
 from detector.core.io import ImageLike, read_image
 from detector.core.structures import ClassList, Detections, Proposals
 from detector.heads import Heads, check_scorer_kind
 from detector.nms import NmsSettings, per_class_nms
-from detector.warp import Regions
+from detector.warp import Regions, WarpSettings, context_boxes
 
 
 class Proposer(Protocol):
@@ -50,6 +51,7 @@ class Scorer(Protocol):
     """The warp and score steps (an :class:`detector.ensemble.Ensemble`)."""
 
     num_outputs: int  # K + 1
+    warp: WarpSettings
 
     def regions(self, image: np.ndarray, boxes: np.ndarray) -> Regions: ...
 
@@ -61,6 +63,22 @@ class Scorer(Protocol):
 
     @property
     def needs_calibration(self) -> bool: ...
+
+
+def duplicate_groups(boxes: np.ndarray, iou: float) -> np.ndarray:
+    """int64[N]: for each box, the first box (in order) of its group. Greedy, in order: an
+    ungrouped box starts a group and takes every ungrouped box overlapping it at IoU >=
+    ``iou``. At 1.0 only identical boxes share a group."""
+    n = len(boxes)
+    group = np.full(n, -1, np.int64)
+    for start in range(0, n):
+        if group[start] >= 0:
+            continue
+        rest = np.flatnonzero(group[start:] < 0) + start
+        close = box_iou(boxes[start : start + 1], boxes[rest])[0] >= iou
+        group[rest[close]] = start
+        group[start] = start
+    return group
 
 
 class Detector:
@@ -80,6 +98,9 @@ class Detector:
         box_regression: refine each proposal's box per class before NMS.
         scorer_kind: "softmax" (the ensemble's averaged softmax) or "svm" (the heads' SVMs;
             ``inference.scorer``).
+        dedup_iou: proposals whose context boxes overlap at IoU >= this are scored once, by
+            their group's first proposal (:func:`duplicate_groups`); 0 = every proposal is
+            scored (the paper).
     """
 
     def __init__(
@@ -94,6 +115,7 @@ class Detector:
         heads: Heads | None,
         box_regression: bool,
         scorer_kind: str,
+        dedup_iou: float,
     ):
         if scorer.num_outputs != len(classes) + 1:
             raise ValueError(
@@ -106,6 +128,9 @@ class Detector:
         self.nms_settings = nms
         self.max_pixels = int(max_pixels)
         self.calibration_images = int(calibration_images)
+        if not 0 <= dedup_iou <= 1:
+            raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")
+        self.dedup_iou = float(dedup_iou)
         self.box_regression = bool(box_regression)
         self.svm_scores = check_scorer_kind(scorer_kind) == "svm"
         self.heads = heads if self.box_regression or self.svm_scores else None
@@ -173,13 +198,15 @@ class Detector:
 
     def classify(self, image: np.ndarray, proposals: Proposals, clock: Clock) -> Detections:
         """The steps after proposing: warp -> score (-> heads) -> NMS, timed on ``clock``."""
-        regions = self.scorer.regions(image, proposals.boxes)
         boxes = proposals.boxes
+        scored, inverse = self.representatives(boxes)
+        regions = self.scorer.regions(image, boxes[scored])
         if self.heads is None:
-            probs = self.scorer.score(regions)
+            probs = self.scorer.score(regions)[inverse]
             clock.lap("score")
         else:
             probs, feats = self.scorer.score_and_features(regions)
+            probs, feats = probs[inverse], feats[inverse]
             clock.lap("score")
             boxes, probs = self.apply_heads(boxes, probs, feats, image.shape[:2])
             clock.lap("heads")
@@ -190,6 +217,18 @@ class Detector:
         detections.image_size = (int(image.shape[0]), int(image.shape[1]))
         detections.timings = dict(clock.laps)
         return detections
+
+    def representatives(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The proposals to warp and score (indices into ``boxes``) and, for each proposal,
+        the position among them of the one whose scores it takes (itself without dedup)."""
+        if self.dedup_iou <= 0 or len(boxes) < 2:
+            everything = np.arange(len(boxes))
+            return everything, everything
+        warp = self.scorer.warp
+        context = context_boxes(boxes, size=warp.size, context_pad=warp.context_pad)
+        group = duplicate_groups(context, self.dedup_iou)
+        scored, inverse = np.unique(group, return_inverse=True)
+        return scored, inverse
 
     def load(self, x: ImageLike) -> np.ndarray:
         """The load step: a path, array or PIL image -> RGB ``uint8[H, W, 3]``."""

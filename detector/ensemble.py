@@ -11,7 +11,7 @@ Example (``detector.build.load_ensemble`` does this from a config)::
     members, meta = load_members(["m0.safetensors", "m1.safetensors"], "cpu")
     warp = warp_from_metadata(meta, fallback)  # what the members were trained with
     ens = Ensemble(members, warp=warp, device="cpu", precision="bf16", chunk_size=128,
-                   compile=False)
+                   compile=False, cascade_threshold=0.0)
     probs = ens.score(ens.regions(image, proposals.boxes))  # float32[N, K + 1]
 """
 
@@ -47,6 +47,10 @@ class Ensemble:
         chunk_size: crops per forward pass; bounds memory (crops, activations).
         compile: torch.compile each member (inductor, freezing) for one (chunk_size, 3, S, S)
             shape; the last chunk is zero-padded to it. Compiles lazily on first use.
+        cascade_threshold: members 1..N-1 score only the crops whose member-0 foreground
+            probability (1 - p_background) is at least this; the other crops keep member 0's
+            probabilities. 0 = off: every member scores every crop (the paper). Needs
+            ``compile`` off (the subsets vary in size).
     """
 
     def __init__(
@@ -58,11 +62,20 @@ class Ensemble:
         precision: str,
         chunk_size: int,
         compile: bool,
+        cascade_threshold: float,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if not 0 <= cascade_threshold <= 1:
+            raise ValueError(f"cascade_threshold must be in [0, 1], got {cascade_threshold}")
+        if cascade_threshold > 0 and compile:
+            raise ValueError(
+                "inference.cascade_threshold needs inference.compile=false: the crops that "
+                "reach members 1.. vary in number, a compiled member takes one fixed shape"
+            )
+        self.cascade_threshold = float(cascade_threshold)
         self.warp = warp
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -207,10 +220,31 @@ class Ensemble:
         x = self._input(crops)
         models = self._models()
         with torch.inference_mode(), self._autocast():
-            total = torch.zeros((len(x), self.num_outputs), device=self.device)
-            for model in models:
+            probs = self._mean_softmax(x, models, models[0](x).float().softmax(dim=1))
+        return probs[:n].cpu().numpy()
+
+    def _mean_softmax(self, x: torch.Tensor, models: list[nn.Module], first: torch.Tensor):
+        """The members' mean softmax on ``x``, given member 0's (``first``); with a cascade,
+        members 1.. see only the crops member 0 finds foreground enough."""
+        rest = models[1:]
+        keep = None
+        if self.cascade_threshold > 0 and rest:
+            keep = (1 - first[:, 0]) >= self.cascade_threshold
+            if bool(keep.all()):
+                keep = None  # every crop goes on: the plain path, no copies
+        if keep is None:
+            total = first.clone()
+            for model in rest:
                 total += model(x).float().softmax(dim=1)
-        return (total[:n] / len(models)).cpu().numpy()
+            return total / len(models)
+        out = first.clone()
+        if bool(keep.any()):
+            subset = x[keep].contiguous(memory_format=torch.channels_last)
+            total = first[keep]
+            for model in rest:
+                total = total + model(subset).float().softmax(dim=1)
+            out[keep] = total / len(models)
+        return out
 
     def _score_chunk_features(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_score_chunk` and member 0's features of one chunk."""
@@ -222,15 +256,10 @@ class Ensemble:
         first = self.members[0]
         with torch.inference_mode(), self._autocast():
             feats = first.features(x)
-            total = torch.zeros((len(x), self.num_outputs), device=self.device)
-            rest = models
-            if models[0] is first:  # eager: member 0's logits from the same pass
-                total += first.fc(feats).float().softmax(dim=1)
-                rest = models[1:]
-            for model in rest:
-                total += model(x).float().softmax(dim=1)
-        probs = (total[:n] / len(models)).cpu().numpy()
-        return probs, feats[:n].float().cpu().numpy()
+            # eager: member 0's logits from the same pass; compiled or int8: its own pass
+            logits = first.fc(feats) if models[0] is first else models[0](x)
+            probs = self._mean_softmax(x, models, logits.float().softmax(dim=1))
+        return probs[:n].cpu().numpy(), feats[:n].float().cpu().numpy()
 
     def _no_features(self) -> tuple[np.ndarray, np.ndarray]:
         dim = int(self.members[0].fc.in_features)

@@ -131,6 +131,8 @@ class InferenceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 where the CPU/GPU supports it) | fp32 | bf16 | int8
     compile: bool = False  # torch.compile the members (one fixed chunk shape)
+    cascade_threshold: float = 0.0  # members 1.. score only crops whose member-0 foreground probability (1 - p_background) is >= this; the rest keep member 0's; 0 = off (the paper)
+    dedup_iou: float = 0.0  # proposals whose context boxes overlap at IoU >= this share one representative crop's scores; 0 = off (the paper)
     chunk_size: int = 128  # crops scored per forward pass (bounds memory)
     nms_iou: float = 0.3  # per-class greedy NMS (R-CNN)
     score_threshold: float = 0.01  # detections below this are dropped

@@ -15,12 +15,15 @@ from skimage import data
 
 from detector.batch import scoring_leaves_cores_free
 from detector.build import ModelSetupError
+from detector.core.boxes import box_iou
+from detector.core.clock import Clock
 from detector.core.config import load_config
 from detector.core.io import ImageLoadError
-from detector.core.structures import Detections
+from detector.core.structures import Detections, Proposals
 from detector.detector import Detector
 from detector.nms import per_class_nms
 from detector.resolve import Needs, ResolveError, resolve_config
+from detector.warp import context_boxes
 from tests.conftest import CLASSES, FAST, fast_config
 
 
@@ -226,3 +229,36 @@ def test_int8_detect_many_calibrates_on_its_first_images(models, image, tmp_path
     assert seen == [sum(min(n, 128) for n in n_props)]
     assert not det.scorer.needs_calibration
     assert det.calibrate([image]) == 0  # calibrated already: nothing more happens
+
+
+def test_duplicate_groups_by_hand():
+    from detector.detector import duplicate_groups
+
+    boxes = np.array(
+        [[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60], [0, 0, 10, 10]],
+        np.float32,
+    )
+    assert duplicate_groups(boxes, 1.0).tolist() == [0, 0, 2, 3, 0]  # identical boxes only
+    assert duplicate_groups(boxes, 0.85).tolist() == [0, 0, 0, 3, 0]  # IoU 0.9 joins too
+
+
+def test_dedup_at_iou_1_equals_no_dedup_and_lower_scores_fewer_crops(models, image):
+    plain = Detector.from_config(fast_config(models))
+    exact = Detector.from_config(fast_config(models, "inference.dedup_iou=1.0"))
+    assert_same(exact(image), plain(image))
+    proposals = plain.proposer(image)
+    doubled = Proposals(
+        np.concatenate([proposals.boxes, proposals.boxes[:5]]),
+        np.concatenate([proposals.scores, proposals.scores[:5]]),
+        np.concatenate([proposals.source, proposals.source[:5]]),
+    )
+    scored, inverse = exact.representatives(doubled.boxes)
+    assert len(scored) == len(proposals) and (scored[inverse[-5:]] == np.arange(5)).all()
+    assert_same(exact.classify(image, doubled, Clock()), plain.classify(image, doubled, Clock()))
+    near = Detector.from_config(fast_config(models, "inference.dedup_iou=0.7"))
+    scored, inverse = near.representatives(proposals.boxes)
+    assert 0 < len(scored) < len(proposals)
+    warp = near.scorer.warp
+    context = context_boxes(proposals.boxes, size=warp.size, context_pad=warp.context_pad)
+    iou = box_iou(context, context[scored[inverse]]).diagonal()
+    assert (iou >= 0.7).all()  # every proposal takes the scores of a crop this close to its own

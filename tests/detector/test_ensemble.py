@@ -28,7 +28,14 @@ WARP = WarpSettings(size=S, context_pad=P, mean=(0.485, 0.456, 0.406), std=(0.22
 IMAGE = data.astronaut()
 
 
-def make(members, *, precision: str = "fp32", chunk_size: int = 128, compile: bool = False):
+def make(
+    members,
+    *,
+    precision: str = "fp32",
+    chunk_size: int = 128,
+    compile: bool = False,
+    cascade: float = 0.0,
+):
     return Ensemble(
         members,
         warp=WARP,
@@ -36,6 +43,7 @@ def make(members, *, precision: str = "fp32", chunk_size: int = 128, compile: bo
         precision=precision,
         chunk_size=chunk_size,
         compile=compile,
+        cascade_threshold=cascade,
     )
 
 
@@ -165,3 +173,31 @@ def test_compiled_matches_eager(members) -> None:
     eager = make(members[:1], precision="fp32", chunk_size=8)
     compiled = make(members[:1], precision="fp32", chunk_size=8, compile=True)
     np.testing.assert_allclose(compiled.score(CROPS[:11]), eager.score(CROPS[:11]), atol=1e-4)
+
+
+def test_cascade_off_or_passing_every_crop_is_the_full_ensemble_exactly(members) -> None:
+    full = make(members).score(CROPS)
+    np.testing.assert_array_equal(make(members, cascade=0.0).score(CROPS), full)
+    np.testing.assert_array_equal(make(members, cascade=1e-12).score(CROPS), full)
+
+
+def test_cascade_sends_only_foreground_crops_on_to_members_1_and_up(members) -> None:
+    full = make(members).score(CROPS)
+    first = make(members[:1]).score(CROPS)  # member 0 alone
+    foreground = 1 - first[:, 0]
+    threshold = float(np.median(foreground))
+    got = make(members, cascade=threshold).score(CROPS)
+    passed = foreground >= threshold
+    assert 0 < passed.sum() < len(CROPS)
+    np.testing.assert_allclose(got[passed], full[passed], atol=1e-6)
+    np.testing.assert_array_equal(got[~passed], first[~passed])  # member 0's own
+    # with the heads' features too: the same probabilities
+    probs, _ = make(members, cascade=threshold).score_and_features(CROPS)
+    np.testing.assert_allclose(probs, got, atol=1e-6)
+
+
+def test_cascade_settings_that_cannot_work_are_refused(members) -> None:
+    with pytest.raises(ValueError, match="compile=false"):
+        make(members, compile=True, cascade=0.05)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        make(members, cascade=1.5)

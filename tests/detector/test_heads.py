@@ -108,7 +108,13 @@ def test_features_are_the_input_of_fc_and_come_with_the_scores(random_members):
     torch.set_num_threads(1)
     members, _ = load_members(sorted(random_members.glob("member_*.safetensors")))
     ens = Ensemble(
-        members, warp=TINY_WARP, device="cpu", precision="fp32", chunk_size=7, compile=False
+        members,
+        warp=TINY_WARP,
+        device="cpu",
+        precision="fp32",
+        chunk_size=7,
+        compile=False,
+        cascade_threshold=0.0,
     )
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)
     boxes = np.array([[0, 0, 40, 30], [10, 5, 70, 55], [30, 20, 80, 60]] * 5, np.float32)
@@ -145,7 +151,7 @@ class FixedProposer:
 def tiny_detector(random_members, heads: Heads | None, *, box_regression: bool, scorer: str):
     cfg = fast_config(random_members, "inference.score_threshold=0.0")
     _, ensemble, classes, settings = detector_parts(cfg)
-    settings.update(heads=heads, box_regression=box_regression, scorer_kind=scorer)
+    settings.update(heads=heads, box_regression=box_regression, scorer_kind=scorer, dedup_iou=0.0)
     return Detector(FixedProposer(), ensemble, classes, **settings)
 
 
