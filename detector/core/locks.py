@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +87,7 @@ def lock_output(folder: Path, shard: Shard) -> OutputLock:
     return OutputLock([fd_main, fd], previous)
 
 
-@contextlib.contextmanager
-def holding_output(folder: Path, shard: Shard) -> Iterator[OutputLock]:
-    lock = lock_output(folder, shard)
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-def _take(path: Path, mode: int, holders) -> int:
+def _take(path: Path, mode: int, holders: Callable[[], list[str]]) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
