@@ -57,6 +57,15 @@ def fast_config(models: Path | list, *extra: str) -> Config:
     return load_config(None, ["model.members=2", *where, *FAST, *extra])
 
 
+@pytest.fixture()
+def one_thread():
+    """torch on one thread for the test (the suite shares 2 cores), restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def random_members(tmp_path_factory) -> Path:
     """A folder with two random-weight 3-class members (``member_0/1.safetensors``)."""

@@ -218,50 +218,53 @@ time.sleep(600)
 """
 
 
-def hold(folder: Path, shard: str = "0/1") -> subprocess.Popen:
-    """Another live process holding ``folder``'s lock (as a run or as share ``shard``)."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder), shard], stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
+@pytest.fixture()
+def hold():
+    """``hold(folder, shard)``: another live process holding ``folder``'s lock (as a run, or
+    as share ``shard``); every holder still alive is killed after the test."""
+    holders = []
+
+    def start(folder: Path, shard: str = "0/1") -> subprocess.Popen:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(folder), shard], stdout=subprocess.PIPE, text=True
+        )
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "locked"
+        return holder
+
+    yield start
+    for holder in holders:
+        holder.kill()
+        holder.wait()
 
 
-def test_a_second_run_or_a_resume_beside_a_live_run_is_refused(tmp_path, members, capsys):
+def test_a_second_run_or_a_resume_beside_a_live_run_is_refused(tmp_path, members, capsys, hold):
     images = write_images(tmp_path / "images", 2)
     out = tmp_path / "out"
     args = argv(images, out, members)
     assert run.main(args) == 0
     before = (out / "detections.jsonl").read_bytes()
     holder = hold(out)
-    try:
-        for extra in ([], ["--resume"], ["--overwrite"], ["--shard", "0/2"]):
-            capsys.readouterr()
-            assert run.main([*args, *extra]) == 2, extra
-            err = capsys.readouterr().err
-            assert "another live run is writing here" in err and f"pid {holder.pid}" in err
-            assert (out / "detections.jsonl").read_bytes() == before
-    finally:
-        holder.kill()
-        holder.wait()
+    for extra in ([], ["--resume"], ["--overwrite"], ["--shard", "0/2"]):
+        capsys.readouterr()
+        assert run.main([*args, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert "another live run is writing here" in err and f"pid {holder.pid}" in err
+        assert (out / "detections.jsonl").read_bytes() == before
 
 
-def test_a_live_share_refuses_a_whole_run_but_not_another_share(tmp_path, members, capsys):
+def test_a_live_share_refuses_a_whole_run_but_not_another_share(tmp_path, members, capsys, hold):
     images = write_images(tmp_path / "images", 4)
     out = tmp_path / "out"
     args = argv(images, out, members)
     holder = hold(out, "0/2")
-    try:
-        assert run.main(args) == 2
-        assert f"pid {holder.pid}" in capsys.readouterr().err
-        assert run.main([*args, "--shard", "0/2"]) == 2  # the same task twice
-        assert run.main([*args, "--shard", "1/2"]) == 0  # its sibling runs beside it
-    finally:
-        holder.kill()
-        holder.wait()
+    assert run.main(args) == 2
+    assert f"pid {holder.pid}" in capsys.readouterr().err
+    assert run.main([*args, "--shard", "0/2"]) == 2  # the same task twice
+    assert run.main([*args, "--shard", "1/2"]) == 0  # its sibling runs beside it
 
 
-def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, members, capsys):
+def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, members, capsys, hold):
     images = write_images(tmp_path / "images", 2)
     out = tmp_path / "out"
     holder = hold(out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from detector.core.boxes import box_iou
 from detector.core.config import load_config
@@ -24,13 +23,7 @@ from detector.training.classifier import train_member
 from detector.training.heads import fit_svm, select_regions
 from tests.training.test_classifier_training import tiny_overrides, write_dataset
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_select_regions_keeps_truths_close_proposals_and_some_negatives():

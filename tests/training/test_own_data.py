@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from detector.datasets.__main__ import main as datasets_main
 from detector.train import main as train_main
@@ -43,12 +42,7 @@ MULTIBOX = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_tiny_tree_as_coco_trains_and_evaluates(tiny_tree, tmp_path, capsys):
