@@ -65,7 +65,7 @@ from detector.datasets import open_split, split_blacklist, with_images
 from detector.ensemble import Ensemble
 from detector.nms import per_class_nms
 from detector.training.regions import ImageCache, RegionBatches, build_region_pool
-from detector.training.sampling import RegionPool
+from detector.training.sampling import RegionPool, teaches
 from detector.training.scaffold import (
     TrainContext,
     TrainLog,
@@ -156,8 +156,7 @@ def training_records(cfg: Config, *, max_images: int = 0) -> tuple[list[ImageRec
     """The records of ``data.train_split`` that can give training regions: an image file,
     and ground truth or (``train.background_from``) background."""
     records, classes = split_records(cfg, cfg.data.train_split, max_images=max_images)
-    everywhere = cfg.train.background_from == "all"
-    return [r for r in records if len(r.labels) or r.exhaustive or everywhere], classes
+    return [r for r in records if teaches(r, cfg.train.background_from)], classes
 
 
 def steps_per_epoch(pool: RegionPool, *, batch_size: int, fg_fraction: float) -> int:

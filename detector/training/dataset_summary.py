@@ -17,13 +17,14 @@ from typing import Any
 from detector.core.config import Config
 from detector.core.structures import ClassList, ImageRecord
 from detector.datasets import read_split
+from detector.training.sampling import gives_background, teaches
 
 CLASSIFIER, MULTIBOX = "classifier", "multibox"
 EXAMPLES = 3  # image ids shown per reason an image was left out
 # Reasons this summary adds to the reader's (detector.datasets.contents).
 NO_FILE = "no_image_file"
 MAX_IMAGES = "beyond_train_max_images"
-NOTHING_TO_LEARN = "no_objects_and_no_background"  # region classifier only
+NOTHING_TO_LEARN = "no_objects_and_no_background"
 
 
 def training_set_summary(cfg: Config, trainer: str = CLASSIFIER) -> dict[str, Any]:
@@ -51,11 +52,6 @@ def training_set_summary(cfg: Config, trainer: str = CLASSIFIER) -> dict[str, An
     }
 
 
-def gives_background(record: ImageRecord, background_from: str) -> bool:
-    """Background regions may come from ``record`` (``train.background_from``)."""
-    return background_from == "all" or record.exhaustive
-
-
 def _kept(
     records: list[ImageRecord], cfg: Config, trainer: str, dropped: dict[str, list[str]]
 ) -> list[ImageRecord]:
@@ -71,11 +67,9 @@ def _kept(
     if limit and len(with_file) > limit:
         dropped.setdefault(MAX_IMAGES, []).extend(r.image_id for r in with_file[limit:])
         with_file = with_file[:limit]
-    if trainer != CLASSIFIER:
-        return with_file
-    kept = []
+    kept = []  # both trainers leave out what teaches nothing (detector.training.sampling)
     for r in with_file:
-        if len(r.labels) == 0 and not gives_background(r, cfg.train.background_from):
+        if not teaches(r, cfg.train.background_from):
             dropped.setdefault(NOTHING_TO_LEARN, []).append(r.image_id)
         else:
             kept.append(r)

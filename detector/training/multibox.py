@@ -33,6 +33,7 @@ from detector.core.config import Config
 from detector.core.io import ImageLoadError, load_image
 from detector.core.structures import ImageRecord
 from detector.datasets import open_split, with_images
+from detector.training.sampling import gives_background, teaches
 from detector.training.scaffold import (
     TrainContext,
     TrainLog,
@@ -111,7 +112,7 @@ class MultiBoxDataset(Dataset):
         background_from: str,
     ) -> None:
         self.records, self.input_size = records, input_size
-        self.everywhere = background_from == "all"
+        self.background_from = background_from
         self.mean, self.std = tuple(mean), tuple(std)
         self.flip, self.max_pixels = flip, max_pixels
 
@@ -133,7 +134,7 @@ class MultiBoxDataset(Dataset):
             image = np.ascontiguousarray(image[:, ::-1])
             boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1)
         x = preprocess(image, self.input_size, self.mean, self.std)
-        negatives = self.everywhere or rec.exhaustive  # unmatched slots are no-object
+        negatives = gives_background(rec, self.background_from)  # unmatched slots: no object
         return x, torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)), negatives
 
 
@@ -180,9 +181,8 @@ def train_multibox(
     ctx = setup(cfg.train)
     torch.manual_seed(mb.seed + ctx.rank)
     records = with_images(open_split(cfg.data, cfg.data.train_split)[0])
-    everywhere = cfg.train.background_from == "all"
     # an image with nothing boxed and an incomplete annotation teaches nothing
-    records = [r for r in records if len(r.labels) or r.exhaustive or everywhere]
+    records = [r for r in records if teaches(r, cfg.train.background_from)]
     if not records:
         raise ValueError(f"{cfg.data.root}: split {cfg.data.train_split!r} has no images")
     net, opt, start_epoch, step = _build(cfg, records, out, resume, ctx)

@@ -28,6 +28,7 @@ from detector.training.sampling import (
     BACKGROUND_FROM,
     PoolBuilder,
     RegionPool,
+    gives_background,
     image_regions,
     sample_minibatch,
 )
@@ -72,7 +73,7 @@ def build_region_pool(
         if props is None:
             builder.add(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
             continue
-        background = background_from == "all" or rec.exhaustive
+        background = gives_background(rec, background_from)
         builder.add(
             *image_regions(
                 props.boxes,

@@ -27,10 +27,23 @@ from pathlib import Path
 import numpy as np
 
 from detector.core.boxes import box_iou
+from detector.core.structures import ImageRecord
 
 IGNORE = -1  # label of a region with bg_iou <= max IoU < fg_iou: neither positive nor background
 CROWD_IOA = 0.5  # a background candidate this much inside a crowd box is no background (COCO)
 BACKGROUND_FROM = ("complete", "all")  # the values of train.background_from
+
+
+def gives_background(record: ImageRecord, background_from: str) -> bool:
+    """Background may be taken from ``record`` (``train.background_from``): it is boxed for
+    every class, or the setting is ``all``. The one rule for both trainers (MultiBox's
+    unmatched slots count as negatives exactly where this holds)."""
+    return background_from == "all" or record.exhaustive
+
+
+def teaches(record: ImageRecord, background_from: str) -> bool:
+    """``record`` gives training signal: ground truth, or background it may give."""
+    return len(record.labels) > 0 or gives_background(record, background_from)
 
 
 def label_proposals(
