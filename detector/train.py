@@ -27,7 +27,6 @@ Exit status: 0 done, 1 training failed (e.g. no training regions, an unreadable 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -115,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ResolveError, DeviceError) as e:
         return _error(e, 2)
     if args.dry_run:
-        return dry_run(cfg)
+        from detector.training.dataset_summary import CLASSIFIER, dry_run
+
+        return dry_run(cfg, CLASSIFIER, _error)
     if args.heads:
         return _train_heads(cfg)
     out = Path(args.output_dir or cfg.train.output_dir)
@@ -130,18 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         return _error(e, 1)
     finally:
         leave_process_group()
-    return 0
-
-
-def dry_run(cfg: Config) -> int:
-    """Print the training set as one JSON object (0), or the reading error (1)."""
-    from detector.training.dataset_summary import CLASSIFIER, training_set_summary
-
-    try:
-        summary = training_set_summary(cfg, CLASSIFIER)
-    except (ValueError, OSError) as e:  # a missing XML, list or layout, naming the file
-        return _error(e, 1)
-    print(json.dumps(summary))
     return 0
 
 

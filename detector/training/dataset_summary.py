@@ -10,7 +10,9 @@ regions may come from (``train.background_from``), and every image left out, by 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,18 @@ EXAMPLES = 3  # image ids shown per reason an image was left out
 NO_FILE = "no_image_file"
 MAX_IMAGES = "beyond_train_max_images"
 NOTHING_TO_LEARN = "no_objects_and_no_background"
+
+
+def dry_run(cfg: Config, trainer: str, error: Callable[[BaseException, int], int]) -> int:
+    """A trainer's ``--dry-run``: print the training set as one JSON object and return 0, or
+    report the reading error (a missing XML, list or layout, naming the file) through the
+    command's ``error`` and return its status 1."""
+    try:
+        summary = training_set_summary(cfg, trainer)
+    except (ValueError, OSError) as e:
+        return error(e, 1)
+    print(json.dumps(summary))
+    return 0
 
 
 def training_set_summary(cfg: Config, trainer: str = CLASSIFIER) -> dict[str, Any]:

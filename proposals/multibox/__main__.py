@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from detector.core.config import Config, MultiBoxConfig, add_config_args, parse_args
+from detector.core.config import MultiBoxConfig, add_config_args, parse_args
 from detector.core.messages import one_line
 from detector.core.runtime import tune_allocator
 
@@ -105,7 +105,9 @@ def train_command(args: argparse.Namespace) -> int:
     except (ConfigError, ResolveError, DeviceError) as e:
         return _train_error(e, 2)
     if args.dry_run:
-        return dry_run(cfg)
+        from detector.training.dataset_summary import MULTIBOX, dry_run
+
+        return dry_run(cfg, MULTIBOX, _train_error)
     try:
         path = train_multibox(cfg, args.output_dir, resume=args.resume, max_steps=args.max_steps)
     except DeviceError as e:  # train.device this rank cannot use
@@ -116,18 +118,6 @@ def train_command(args: argparse.Namespace) -> int:
         leave_process_group()
     if is_main_process():
         print(f"MultiBox checkpoint: {path}")
-    return 0
-
-
-def dry_run(cfg: Config) -> int:
-    """Print the training set as one JSON object (0), or the reading error (1)."""
-    from detector.training.dataset_summary import MULTIBOX, training_set_summary
-
-    try:
-        summary = training_set_summary(cfg, MULTIBOX)
-    except (ValueError, OSError) as e:  # a missing XML, list or layout, naming the file
-        return _train_error(e, 1)
-    print(json.dumps(summary))
     return 0
 
 
