@@ -65,7 +65,14 @@ def paper_warp(size: int) -> WarpSettings:
 def random_ensemble(members: list[torch.nn.Module], size: int, **settings) -> Ensemble:
     """An ensemble on the CPU with the paper's warp at S = ``size``; ``settings``: precision,
     chunk_size, compile (no cascade: every member scores every crop)."""
-    return Ensemble(members, warp=paper_warp(size), device="cpu", cascade_threshold=0.0, **settings)
+    return Ensemble(
+        members,
+        warp=paper_warp(size),
+        device="cpu",
+        cascade_threshold=0.0,
+        backend="torch",
+        **settings,
+    )
 
 
 def real_crops(photos: list[np.ndarray], n: int, size: int, settings: dict) -> torch.Tensor:
@@ -427,7 +434,7 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
         if precision == "bf16" and not cpu_supports_bf16():
             continue
         ens = Ensemble(det.scorer.members, warp=det.scorer.warp, device="cpu", precision=precision,
-                       chunk_size=args.chunk, compile=False, cascade_threshold=0.0)  # fmt: skip
+                       chunk_size=args.chunk, compile=False, cascade_threshold=0.0, backend="torch")  # fmt: skip
         if precision == "int8":  # as detect_many does: 256 crops over the first images
             ens.calibrate_on_images([(im, p.boxes) for im, p in zip(images, proposals, strict=True)])  # fmt: skip
         probs = [ens.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]

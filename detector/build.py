@@ -113,6 +113,7 @@ def load_ensemble(
         chunk_size=inference.chunk_size,
         compile=inference.compile,
         cascade_threshold=inference.cascade_threshold,
+        backend=inference.backend,
     )
     return ensemble, meta
 

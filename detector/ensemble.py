@@ -11,7 +11,7 @@ Example (``detector.build.load_ensemble`` does this from a config)::
     members, meta = load_members(["m0.safetensors", "m1.safetensors"], "cpu")
     warp = warp_from_metadata(meta, fallback)  # what the members were trained with
     ens = Ensemble(members, warp=warp, device="cpu", precision="bf16", chunk_size=128,
-                   compile=False, cascade_threshold=0.0)
+                   compile=False, cascade_threshold=0.0, backend="torch")
     probs = ens.score(ens.regions(image, proposals.boxes))  # float32[N, K + 1]
 """
 
@@ -22,14 +22,19 @@ import copy
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from detector.core.devices import autocast_dtype, resolve_device, resolve_precision
+from detector.openvino_members import check_backend, openvino_members, quantized_members
 from detector.warp import Regions, WarpSettings, warp_regions
+
+# A runnable member: crops float[N, 3, S, S] -> logits float[N, C] (torch modules, compiled
+# modules or OpenVINO members).
+Member = Callable[[torch.Tensor], torch.Tensor]
 
 CALIBRATION_CROPS = 256  # int8: warped proposals that calibrate, over all the images given
 
@@ -51,6 +56,9 @@ class Ensemble:
             probability (1 - p_background) is at least this; the other crops keep member 0's
             probabilities. 0 = off: every member scores every crop (the paper). Needs
             ``compile`` off (the subsets vary in size).
+        backend: "torch" (eager, compiled or FX int8 members) or "openvino" (the members
+            converted to OpenVINO IR once and cached; the ``openvino`` extra; CPU only;
+            ``detector.openvino_members``).
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class Ensemble:
         chunk_size: int,
         compile: bool,
         cascade_threshold: float,
+        backend: str,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -76,14 +85,18 @@ class Ensemble:
                 "reach members 1.. vary in number, a compiled member takes one fixed shape"
             )
         self.cascade_threshold = float(cascade_threshold)
+        self.backend = check_backend(backend)
         self.warp = warp
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        if self.backend == "openvino" and (self.device.type != "cpu" or compile):
+            raise ValueError("inference.backend=openvino runs on the CPU, uncompiled by torch")
         self.chunk_size = chunk_size
         self.compile = compile and self.precision != "int8"
         self.members = [_prepare(m, self.device) for m in members]
         self.num_outputs = _num_outputs(self.members, warp.size, self.device)
-        self._runnable: list[nn.Module] | None = None if self.compile else list(self.members)
+        eager = not self.compile and self.backend == "torch"
+        self._runnable: list[Member] | None = list(self.members) if eager else None
         if self.precision == "int8":
             self._runnable = None  # set by calibrate()
         self._lock = threading.Lock()  # the members are compiled or quantized once
@@ -131,7 +144,11 @@ class Ensemble:
             self.calibrate(batch)
             return len(batch)
 
-    def _quantize(self, crops: torch.Tensor) -> list[nn.Module]:
+    def _quantize(self, crops: torch.Tensor) -> list[Member]:
+        if self.backend == "openvino":
+            return quantized_members(
+                self.members, crops.float(), size=self.warp.size, threads=torch.get_num_threads()
+            )
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -223,7 +240,7 @@ class Ensemble:
             probs = self._mean_softmax(x, models, models[0](x).float().softmax(dim=1))
         return probs[:n].cpu().numpy()
 
-    def _mean_softmax(self, x: torch.Tensor, models: list[nn.Module], first: torch.Tensor):
+    def _mean_softmax(self, x: torch.Tensor, models: list[Member], first: torch.Tensor):
         """The members' mean softmax on ``x``, given member 0's (``first``); with a cascade,
         members 1.. see only the crops member 0 finds foreground enough."""
         rest = models[1:]
@@ -279,8 +296,8 @@ class Ensemble:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _models(self) -> list[nn.Module]:
-        """The callable members: compiled lazily, once, under a lock."""
+    def _models(self) -> list[Member]:
+        """The callable members: compiled (or converted) lazily, once, under a lock."""
         runnable = self._runnable
         if runnable is not None:
             return runnable
@@ -291,7 +308,14 @@ class Ensemble:
                 self._runnable = self._compile_members()
         return self._runnable
 
-    def _compile_members(self) -> list[nn.Module]:
+    def _compile_members(self) -> list[Member]:
+        if self.backend == "openvino":
+            return openvino_members(
+                self.members,
+                precision=self.precision,
+                size=self.warp.size,
+                threads=torch.get_num_threads(),
+            )
         compiled = []
         shape = (self.chunk_size, 3, self.warp.size, self.warp.size)
         warm = torch.zeros(shape, device=self.device).contiguous(memory_format=torch.channels_last)

@@ -131,6 +131,7 @@ class InferenceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 where the CPU/GPU supports it) | fp32 | bf16 | int8
     compile: bool = False  # torch.compile the members (one fixed chunk shape)
+    backend: str = "torch"  # torch | openvino (the [openvino] extra: members converted to OpenVINO IR once, cached by weight digest; CPU; fp32, bf16 or int8)
     cascade_threshold: float = 0.0  # members 1.. score only crops whose member-0 foreground probability (1 - p_background) is >= this; the rest keep member 0's; 0 = off (the paper)
     dedup_iou: float = 0.0  # proposals whose context boxes overlap at IoU >= this share one representative crop's scores; 0 = off (the paper)
     chunk_size: int = 128  # crops scored per forward pass (bounds memory)

@@ -490,6 +490,7 @@ def validation_map(
         chunk_size=cfg.inference.chunk_size,
         compile=False,
         cascade_threshold=0.0,  # one member: nothing to cascade
+        backend="torch",
     )
     nms = asdict(nms_settings(cfg.inference))
     detections = []

@@ -35,6 +35,7 @@ def make(
     chunk_size: int = 128,
     compile: bool = False,
     cascade: float = 0.0,
+    backend: str = "torch",
 ):
     return Ensemble(
         members,
@@ -44,6 +45,7 @@ def make(
         chunk_size=chunk_size,
         compile=compile,
         cascade_threshold=cascade,
+        backend=backend,
     )
 
 

@@ -115,6 +115,7 @@ def test_features_are_the_input_of_fc_and_come_with_the_scores(random_members):
         chunk_size=7,
         compile=False,
         cascade_threshold=0.0,
+        backend="torch",
     )
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)
     boxes = np.array([[0, 0, 40, 30], [10, 5, 70, 55], [30, 20, 80, 60]] * 5, np.float32)
