@@ -33,6 +33,9 @@ import sys
 from detector.core.config import DefaultsHelpFormatter, MultiBoxConfig, parse_args
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # skimage.data photographs
+# The levers' settings when they are on (docs/BENCHMARKS.md: measured on demo val).
+CASCADE_THRESHOLD = 0.05
+DEDUP_IOU = 0.95
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,6 +79,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="selective search resize width (0 = the paper's 500)")  # fmt: skip
     p.add_argument("--multibox-top-k", type=int, default=MultiBoxConfig().top_k,
                    help="MultiBox boxes added to selective search's end to end (the paper's: %(default)s)")  # fmt: skip
+    p.add_argument("--cascade", type=float, default=CASCADE_THRESHOLD,
+                   help="inference.cascade_threshold of the cascade levers")  # fmt: skip
+    p.add_argument("--dedup", type=float, default=DEDUP_IOU,
+                   help="inference.dedup_iou of the near-duplicate levers")  # fmt: skip
+    p.add_argument("--lever-map", action=argparse.BooleanOptionalAction, default=True,
+                   help="demo val mAP of every lever (python -m eval.map each; needs the demo models)")  # fmt: skip
     p.add_argument("--peak-size", type=int, default=2048,
                    help="n of the n x n x n matrix products that measure the peak")  # fmt: skip
     return p

@@ -227,9 +227,23 @@ STAGES = ("load", "propose", "warp", "score", "nms")  # Detections.timings; "sco
 STAGE_LABELS = {"score": "score (CNNs)"}
 
 
-def paper_detector(args: argparse.Namespace, precision: str = "auto"):
-    """The paper configuration with random weights: 6 members, 224, MultiBox K=800 top 200,
-    the config's default NMS. ``precision`` int8: the first image scored calibrates it."""
+def paper_scorer(args: argparse.Namespace, precision: str) -> Ensemble:
+    """The paper's six members with random weights (the scoring section's ensemble for the
+    default precision: compiled once), no cascade."""
+    scorer = getattr(args, "ensemble", None) if precision == "auto" else None
+    if scorer is None:
+        members = [random_member(i) for i in range(args.members)]
+        scorer = random_ensemble(
+            members, args.size, precision=precision, chunk_size=args.chunk, compile=args.compile
+        )
+    return scorer
+
+
+def paper_detector(args: argparse.Namespace, scorer: Ensemble, dedup_iou: float):
+    """The paper configuration around ``scorer``: doubled selective search, MultiBox K=800
+    (random weights) top 200, the config's default NMS. An int8 scorer calibrates on the
+    first image it scores."""
+    from detector.core.structures import ClassList
     from detector.datasets import default_classes
     from detector.detector import Detector
     from proposals.generator import ProposalGenerator
@@ -249,33 +263,31 @@ def paper_detector(args: argparse.Namespace, precision: str = "auto"):
         device="cpu",
     )
     proposer = ProposalGenerator(search_settings(args), multibox, cache=None, workers=args.workers)
-    scorer = getattr(args, "ensemble", None) if precision == "auto" else None
-    if scorer is None:
-        members = [random_member(i) for i in range(args.members)]
-        scorer = random_ensemble(
-            members, args.size, precision=precision, chunk_size=args.chunk, compile=args.compile
-        )
+    classes = default_classes()
+    if scorer.num_outputs != len(classes) + 1:  # members trained on other classes (the demo's)
+        count = scorer.num_outputs - 1
+        classes = ClassList([f"c{i}" for i in range(count)], [f"class {i}" for i in range(count)])
     inference = InferenceConfig()
     return Detector(
         proposer,
         scorer,
-        default_classes(),
+        classes,
         nms=nms_settings(inference),
         max_pixels=DataConfig().max_pixels,
         calibration_images=inference.calibration_images,
         heads=None,
         box_regression=inference.box_regression,
         scorer_kind=inference.scorer,
-        dedup_iou=inference.dedup_iou,
+        dedup_iou=dedup_iou,
     )
 
 
 def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict:
-    """The default path, and int8 (calibrated on the first photo) when --int8 (not --quick)."""
-    res = {"default": end_to_end(photos, args, "auto")}
-    if args.int8 and not args.quick:
-        res["int8"] = end_to_end(photos, args, "int8")
-    return res
+    """The default path by stage, serial and pipelined; then every speed lever side by side
+    (``benchmarks.levers``)."""
+    from benchmarks.levers import bench_levers
+
+    return {"default": end_to_end(photos, args, "auto"), "levers": bench_levers(photos, args)}
 
 
 def same_detections(a, b) -> bool:
@@ -292,7 +304,7 @@ def same_detections(a, b) -> bool:
 def end_to_end(photos: list[np.ndarray], args: argparse.Namespace, precision: str) -> dict:
     from detector.batch import scoring_leaves_cores_free
 
-    det = paper_detector(args, precision)
+    det = paper_detector(args, paper_scorer(args, precision), InferenceConfig().dedup_iou)
     # warm-up: int8 calibrates on the first photo's proposals (as in use); compiled
     # members were compiled by the scoring section, or compile here on a small image
     det(photos[0] if precision == "int8" else photos[0][:64, :64])
@@ -474,6 +486,7 @@ def compare(ref_probs, probs, ref_dets, dets) -> dict:
 
 def apply_quick(args: argparse.Namespace) -> None:
     args.crops, args.chunk, args.members, args.size, args.repeats = 16, 8, 2, 64, 1
+    args.lever_map = False
     args.compile, args.photos, args.memory_boxes, args.accuracy_images = False, 1, [16, 64], 2
     args.peak_size, args.search_width, args.multibox_top_k = 256, 80, 20
 

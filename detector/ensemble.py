@@ -39,6 +39,27 @@ Member = Callable[[torch.Tensor], torch.Tensor]
 CALIBRATION_CROPS = 256  # int8: warped proposals that calibrate, over all the images given
 
 
+class CropCounts:
+    """Crops scored by member 0 and crops that went on to members 1.. (all of them without a
+    cascade), since the ensemble was made; thread-safe. A compiled ensemble counts the
+    zero padding of its last chunk too."""
+
+    def __init__(self) -> None:
+        self.crops = 0
+        self.to_rest = 0
+        self._lock = threading.Lock()
+
+    def add(self, crops: int, to_rest: int) -> None:
+        with self._lock:
+            self.crops += crops
+            self.to_rest += to_rest
+
+    @property
+    def share_to_rest(self) -> float:
+        """The share of crops members 1.. scored (1.0 before any crop)."""
+        return self.to_rest / self.crops if self.crops else 1.0
+
+
 class Ensemble:
     """Average the softmax of several region classifiers over warped crops.
 
@@ -99,6 +120,7 @@ class Ensemble:
         self._runnable: list[Member] | None = list(self.members) if eager else None
         if self.precision == "int8":
             self._runnable = None  # set by calibrate()
+        self.counts = CropCounts()
         self._lock = threading.Lock()  # the members are compiled or quantized once
         self._calibration_lock = threading.Lock()
 
@@ -249,6 +271,7 @@ class Ensemble:
             keep = (1 - first[:, 0]) >= self.cascade_threshold
             if bool(keep.all()):
                 keep = None  # every crop goes on: the plain path, no copies
+        self.counts.add(len(first), len(first) if keep is None else int(keep.sum()))
         if keep is None:
             total = first.clone()
             for model in rest:

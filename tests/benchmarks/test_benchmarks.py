@@ -120,13 +120,14 @@ def test_selective_search_agrees_with_the_detector_proposals(report):
     # the same photo and settings through the detector's proposer: selective search's
     # boxes plus at most top_k MultiBox boxes
     top_k = report["settings"]["multibox_top_k"]
-    for e2e in report["end_to_end"].values():
+    levers = report["end_to_end"]["levers"]["rows"].values()
+    for e2e in [report["end_to_end"]["default"], *levers]:
         assert ss["boxes_per_image"] <= e2e["proposals_per_image"]
         assert e2e["proposals_per_image"] <= ss["boxes_per_image"] + top_k
 
 
 def test_end_to_end_stages_account_for_the_wall_time(report):
-    assert set(report["end_to_end"]) == {"default"}  # --quick: int8 only in the scoring section
+    assert set(report["end_to_end"]) == {"default", "levers"}
     e2e = report["end_to_end"]["default"]
     assert e2e["precision"] == ("bf16" if cpu_supports_bf16() else "fp32")
     stages = e2e["stages_s"]
@@ -139,6 +140,29 @@ def test_end_to_end_stages_account_for_the_wall_time(report):
     assert 0.8 * serial <= sum(stages.values()) <= serial * (1 + 1e-9)
     assert e2e["pipelined_s_per_image"] > 0
     assert isinstance(e2e["detect_many_pipelines_here"], bool)
+
+
+def test_levers_each_time_the_paper_configuration_with_their_settings(report):
+    levers = report["end_to_end"]["levers"]
+    rows = levers["rows"]
+    default = rows["current default"]
+    assert default["overrides"] == [] and default["share_to_rest"] == 1.0
+    for name, row in rows.items():
+        assert row["s_per_image"] > 0 and row["setup_s"] > 0, name
+        assert 0 <= row["share_to_rest"] <= 1 and 0 < row["fraction_of_peak"] < 2, name
+        cascade = any("cascade_threshold" in o for o in row["overrides"])
+        dedup = any("dedup_iou" in o for o in row["overrides"])
+        if not cascade:
+            assert row["share_to_rest"] == 1.0, name  # every crop reached members 1..
+        # dedup scores at most as many crops as there are proposals; the others all of them
+        scored, proposed = row["crops_scored_per_image"], row["proposals_per_image"]
+        assert (scored <= proposed) if dedup else (scored == proposed), name
+        assert "demo_val_map" not in row  # --quick: no eval.map runs
+    assert rows["int8 (torch FX)"]["precision"] == "int8"
+    assert rows["OpenVINO int8"]["backend"] == "openvino"
+    for ref in ("matmul", "conv3x3"):
+        assert set(levers[ref]) >= {"fp32", "bf16"} and min(levers[ref].values()) > 0
+    assert all(levers["peak"][k] >= levers["matmul"][k] for k in levers["matmul"])
 
 
 def test_pipelined_detections_equal_serial(report):

@@ -178,7 +178,9 @@ def test_compiled_matches_eager(members) -> None:
 
 
 def test_cascade_off_or_passing_every_crop_is_the_full_ensemble_exactly(members) -> None:
-    full = make(members).score(CROPS)
+    ensemble = make(members)
+    full = ensemble.score(CROPS)
+    assert ensemble.counts.share_to_rest == 1.0 and ensemble.counts.crops == len(CROPS)
     np.testing.assert_array_equal(make(members, cascade=0.0).score(CROPS), full)
     np.testing.assert_array_equal(make(members, cascade=1e-12).score(CROPS), full)
 
@@ -188,9 +190,11 @@ def test_cascade_sends_only_foreground_crops_on_to_members_1_and_up(members) -> 
     first = make(members[:1]).score(CROPS)  # member 0 alone
     foreground = 1 - first[:, 0]
     threshold = float(np.median(foreground))
-    got = make(members, cascade=threshold).score(CROPS)
+    cascade = make(members, cascade=threshold)
+    got = cascade.score(CROPS)
     passed = foreground >= threshold
     assert 0 < passed.sum() < len(CROPS)
+    assert (cascade.counts.crops, cascade.counts.to_rest) == (len(CROPS), passed.sum())
     np.testing.assert_allclose(got[passed], full[passed], atol=1e-6)
     np.testing.assert_array_equal(got[~passed], first[~passed])  # member 0's own
     # with the heads' features too: the same probabilities
