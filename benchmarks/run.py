@@ -3,8 +3,8 @@
     python -m benchmarks.run --output runs/bench/bench.json
     python -m benchmarks.run --quick          # small sizes: checks the benchmark itself works
 
-``--quick``: one downscaled photo, 2 members at S = 64, 20 MultiBox boxes, the default path
-only end to end (int8 is still timed in section 1), no accuracy section (a smoke test).
+``--quick``: one downscaled photo, 2 members at S = 64, 20 MultiBox boxes, no mAP per lever,
+no accuracy section (a smoke test).
 
 Sections (each prints a table; all figures go to the JSON file):
 1. scoring: crops/s of one GoogLeNet (201 outputs, S = 224) on warped crops of real photos,
@@ -15,9 +15,13 @@ Sections (each prints a table; all figures go to the JSON file):
 3. end to end: the paper configuration (doubled selective search + 200 MultiBox boxes,
    six members at 224, 16 px context) on real photographs, seconds per image by stage (load,
    propose, warp, score = the CNNs alone, nms), serial and pipelined (proposals of the next
-   images computed while one is scored), and whether both gave the same detections.
-4. memory: peak resident memory when scoring few and many proposals (a fresh process each).
-5. accuracy of the fast paths against fp32, on the trained demo models when they are built
+   images computed while one is scored), and whether both gave the same detections; then
+   every speed lever (int8, OpenVINO, cascade, near-duplicates) alone and combined beside
+   the current default, with demo val mAP of each (``benchmarks.levers``).
+4. load: crops/s of each scoring path (torch bf16/int8, OpenVINO bf16/int8) with 1 thread and
+   with every core, idle and beside competing processes (``benchmarks.load``).
+5. memory: peak resident memory when scoring few and many proposals (a fresh process each).
+6. accuracy of the fast paths against fp32, on the trained demo models when they are built
    (``python -m detector.demo --build-only``; found by ``resolve_config``): max probability
    difference, top-1 agreement over crops, and agreement of the final detections.
 
@@ -48,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes: checks that the benchmark runs"
     )
-    p.add_argument("--sections", default="scoring,selective_search,end_to_end,memory,accuracy",
+    p.add_argument("--sections", default="scoring,selective_search,end_to_end,load,memory,accuracy",
                    help="comma-separated sections to run")  # fmt: skip
     p.add_argument("--crops", type=int, default=256, help="crops scored per measurement")
     p.add_argument("--chunk", type=int, default=64, help="crops per forward pass")

@@ -62,7 +62,9 @@ def paper_warp(size: int) -> WarpSettings:
     return warp_settings(dataclasses.replace(ModelConfig(), input_size=size))
 
 
-def random_ensemble(members: list[torch.nn.Module], size: int, **settings) -> Ensemble:
+def random_ensemble(
+    members: list[torch.nn.Module], size: int, *, backend: str = "torch", **settings
+) -> Ensemble:
     """An ensemble on the CPU with the paper's warp at S = ``size``; ``settings``: precision,
     chunk_size, compile (no cascade: every member scores every crop)."""
     return Ensemble(
@@ -70,7 +72,7 @@ def random_ensemble(members: list[torch.nn.Module], size: int, **settings) -> En
         warp=paper_warp(size),
         device="cpu",
         cascade_threshold=0.0,
-        backend="torch",
+        backend=backend,
         **settings,
     )
 
@@ -419,6 +421,9 @@ def skipped_accuracy(why: str) -> dict:
     return {"skipped": why}
 
 
+FAST_PATHS = (("torch", "bf16"), ("torch", "int8"), ("openvino", "bf16"), ("openvino", "int8"))
+
+
 def bench_accuracy(args: argparse.Namespace) -> dict:
     from detector.core.config import load_config
     from detector.core.io import load_image
@@ -442,16 +447,18 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
     proposals = [det.proposer(im) for im in images]
     ref_probs = [det.scorer.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]  # fmt: skip
     ref_dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, ref_probs, strict=True)]
-    for precision in ("bf16", "int8"):
+    for backend, precision in FAST_PATHS:
         if precision == "bf16" and not cpu_supports_bf16():
             continue
         ens = Ensemble(det.scorer.members, warp=det.scorer.warp, device="cpu", precision=precision,
-                       chunk_size=args.chunk, compile=False, cascade_threshold=0.0, backend="torch")  # fmt: skip
+                       chunk_size=args.chunk, compile=False, cascade_threshold=0.0, backend=backend)  # fmt: skip
         if precision == "int8":  # as detect_many does: 256 crops over the first images
             ens.calibrate_on_images([(im, p.boxes) for im, p in zip(images, proposals, strict=True)])  # fmt: skip
         probs = [ens.score_image(im, p.boxes) for im, p in zip(images, proposals, strict=True)]
         dets = [det.nms(p.boxes, pr) for p, pr in zip(proposals, probs, strict=True)]
-        out[precision] = compare(ref_probs, probs, ref_dets, dets)
+        out[precision if backend == "torch" else f"{backend} {precision}"] = compare(
+            ref_probs, probs, ref_dets, dets
+        )
     print(f"\n== accuracy against fp32: trained demo models, {len(paths)} demo val images ==")
     for k, v in out.items():
         print(f"{k}: max |p - p_fp32| {v['max_prob_diff']:.4f}; top-1 agreement {v['top1_agreement']:.3f}; "
@@ -526,6 +533,11 @@ def run(args: argparse.Namespace, photo_names: tuple[str, ...]) -> int:
         report["selective_search"] = bench_selective_search(photos, search_settings(args))
     if "end_to_end" in sections:
         report["end_to_end"] = bench_end_to_end(photos, args)
+    if "load" in sections:
+        from benchmarks.load import bench_load
+
+        crops = real_crops(photos, args.crops, args.size, search_settings(args))
+        report["load"] = bench_load(crops, args)
     if "memory" in sections:
         report["memory"] = bench_memory(args)
     if "accuracy" in sections:

@@ -29,7 +29,7 @@ from detector.core.config import Config
 from detector.core.devices import cpu_supports_bf16
 from detector.core.runtime import available_cores
 
-SECTIONS = ("scoring", "selective_search", "end_to_end", "memory", "accuracy")
+SECTIONS = ("scoring", "selective_search", "end_to_end", "load", "memory", "accuracy")
 STAGES = {"load", "propose", "warp", "score", "nms"}
 GOOGLENET_GFLOP_224 = 3.0  # 1.5 G multiply-adds a 224 x 224 crop
 
@@ -165,6 +165,18 @@ def test_levers_each_time_the_paper_configuration_with_their_settings(report):
     assert all(levers["peak"][k] >= levers["matmul"][k] for k in levers["matmul"])
 
 
+def test_load_times_every_path_idle_and_loaded(report):
+    load = report["load"]
+    assert load["threads"] == sorted({1, available_cores()})
+    expected = {
+        f"{path}, {n} thread{'s' if n > 1 else ''}"
+        for path in ("torch bf16", "torch int8 FX", "OpenVINO bf16", "OpenVINO int8")
+        for n in load["threads"]
+    }
+    assert set(load["idle"]) == set(load["loaded"]) == expected
+    assert min(load["idle"].values()) > 0 and min(load["loaded"].values()) > 0
+
+
 def test_pipelined_detections_equal_serial(report):
     e2e = report["end_to_end"]["default"]
     serial, piped = e2e["per_image"]["serial"], e2e["per_image"]["pipelined"]
@@ -244,7 +256,8 @@ def test_accuracy_compares_the_fast_paths_with_fp32(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(detector.resolve, "resolve_config", resolved)
     args = get_args_parser().parse_args(["--accuracy-images", "2", "--chunk", "32"])
     res = bench.bench_accuracy(args)
-    assert set(res) == ({"bf16", "int8"} if cpu_supports_bf16() else {"int8"})
+    bf16 = {"bf16", "openvino bf16"} if cpu_supports_bf16() else set()
+    assert set(res) == {"int8", "openvino int8"} | bf16
     for precision, r in res.items():
         # the path really ran in its own number format (not fp32 again), and close to fp32
         assert 0 < r["max_prob_diff"] < 0.2, precision
