@@ -49,9 +49,12 @@ class Needs:
     members: bool = True  # ensemble member checkpoints
     multibox: bool = True  # the MultiBox checkpoint (when proposals.multibox.enabled)
     heads: bool = True  # the heads file (when inference.box_regression or inference.scorer=svm)
+    image_list: bool = False  # a run over a list of images: inference.precision=auto may be int8, calibrated on its first images
 
 
-DETECT = Needs()  # detection and evaluation by running the detector
+DETECT = Needs()  # detection by the API (one image at a time: no calibration images at hand)
+RUN_LIST = Needs(data=False, image_list=True)  # detector.run on a folder or list of images
+EVAL_RUN = Needs(image_list=True)  # eval.map running the detector on a split
 TRAIN_MEMBERS = Needs(members=False, heads=False)  # proposals are computed, members are trained
 TRAIN_MULTIBOX = Needs(members=False, multibox=False, heads=False)
 TRAIN_HEADS = Needs(heads=False)  # the members' features and the proposals fit the heads
@@ -90,7 +93,7 @@ def resolve_config(
     if demo:
         _demo_models(cfg)
     _check_models(cfg, demo, needs)
-    _resolve_devices(cfg)
+    _resolve_devices(cfg, needs)
     return cfg
 
 
@@ -250,10 +253,11 @@ def _config_flag(cfg: Config) -> str:
 # ---- devices --------------------------------------------------------------------------------
 
 
-def _resolve_devices(cfg: Config) -> None:
+def _resolve_devices(cfg: Config, needs: Needs) -> None:
     try:
         device = resolve_device(cfg.inference.device)
-        cfg.inference.precision = resolve_precision(cfg.inference.precision, device)
+        at_hand = needs.image_list and cfg.inference.calibration_images > 0
+        cfg.inference.precision = resolve_precision(cfg.inference.precision, device, at_hand)
         cfg.inference.device = str(device)
         train_device = resolve_device(cfg.train.device)
         if cfg.train.precision == "int8":

@@ -562,7 +562,7 @@ def rank_config(cfg: Config, world: World) -> Config:
 
 def build_config(args: argparse.Namespace) -> Config:
     """The config file and ``KEY=VALUE`` overrides, then the explicit flags on top, resolved."""
-    from detector.resolve import Needs, resolve_config
+    from detector.resolve import RUN_LIST, resolve_config
 
     overrides = list(args.overrides)
     checkpoints = list(args.checkpoints or [])
@@ -585,7 +585,7 @@ def build_config(args: argparse.Namespace) -> Config:
         raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    return resolve_config(cfg, device=args.device, needs=Needs(data=False))
+    return resolve_config(cfg, device=args.device, needs=RUN_LIST)
 
 
 def start_log(log: Path, fresh: bool, header: dict[str, Any]) -> int:
@@ -666,6 +666,15 @@ def detect_all(
     return detect_into(detector, cfg, args, plan, todo, records)
 
 
+def calibrate(detector: Any, cfg: Config, plan: Plan) -> None:
+    """int8: calibrate on the first ``inference.calibration_images`` images of the whole list,
+    not of this share or of what is left to do, so that shares, ranks and resumed runs
+    quantize alike (and so detect alike)."""
+    count = cfg.inference.calibration_images
+    if detector.scorer.needs_calibration and count > 0:
+        detector.calibrate([str(p) for p in plan.listing.images[:count]])
+
+
 def detect_into(
     detector: Any,
     cfg: Config,
@@ -694,6 +703,7 @@ def detect_into(
         return OK, 0.0
     from tqdm import tqdm
 
+    calibrate(detector, cfg, plan)
     started = time.perf_counter()
     by_path = {str(p): n for p, n in todo}
     quiet = args.no_progress or not progress

@@ -140,7 +140,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(get_args_parser(), argv)
     from detector.core.runtime import tune_allocator
-    from detector.resolve import DETECT, SCORE_FILE, ResolveError, resolve_config
+    from detector.resolve import EVAL_RUN, SCORE_FILE, ResolveError, resolve_config
 
     tune_allocator()
     try:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data.blacklist = "" if args.blacklist == "none" else args.blacklist
         if args.classes is not None:
             cfg.data.classes = args.classes
-        needs = SCORE_FILE if args.detections else DETECT
+        needs = SCORE_FILE if args.detections else EVAL_RUN
         cfg = resolve_config(cfg, data_root=args.data_root, needs=needs)
         return evaluate_split(cfg, MapOptions.from_args(args))
     except (InputError, ConfigError, ResolveError, ValueError, OSError, KeyError) as e:

@@ -129,7 +129,7 @@ class ModelConfig:
 @dataclass
 class InferenceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 where the CPU/GPU supports it) | fp32 | bf16 | int8
+    precision: str = "auto"  # auto (detector.run, eval.map: int8 on CPUs with int8 kernels, calibrated on the list's first calibration_images images; otherwise bf16 where the CPU/GPU supports it, else fp32) | fp32 | bf16 | int8
     compile: bool = False  # torch.compile the members (one fixed chunk shape)
     backend: str = "torch"  # torch | openvino (the [openvino] extra: members converted to OpenVINO IR once, cached by weight digest; CPU; fp32, bf16 or int8)
     cascade_threshold: float = 0.0  # members 1.. score only crops whose member-0 foreground probability (1 - p_background) is >= this; the rest keep member 0's; 0 = off (the paper)
@@ -140,7 +140,7 @@ class InferenceConfig:
     max_per_class: int = 100  # per image (R-CNN on ILSVRC)
     max_detections: int = 0  # per image over all classes; 0 = no limit
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
-    calibration_images: int = 8  # int8: detect_many calibrates on its first N images
+    calibration_images: int = 8  # int8: detector.run calibrates on the first N images of its list (detect_many: of its items); 0 = auto never picks int8
     vis_threshold: float = 0.5  # detector.run --save-vis draws the boxes scoring at least this
     box_regression: bool = False  # refine each proposal per class with R-CNN's box regressors before NMS (heads.checkpoint; beyond the paper)
     scorer: str = "softmax"  # softmax (the ensemble's average, the paper) | svm (R-CNN's per-class SVMs on member 0's features; heads.checkpoint)

@@ -36,17 +36,28 @@ def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.devic
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the device computes it natively, fp32 elsewhere."""
+def resolve_precision(
+    precision: str, device: torch.device, calibration_at_hand: bool = False
+) -> str:
+    """``auto`` -> int8 on a CPU with torch's x86 int8 kernels when ``calibration_at_hand``
+    (a run over a list of images calibrates on its first ones: ``detector.run``,
+    ``eval.map``), else bf16 where the device computes it natively, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     if precision == "int8" and device.type != "cpu":
         raise DeviceError("precision int8 (FX quantization) runs on the CPU only")
     if precision != "auto":
         return precision
+    if calibration_at_hand and cpu_supports_int8(device):
+        return "int8"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+
+
+def cpu_supports_int8(device: torch.device) -> bool:
+    """True on a CPU whose torch build has the x86 quantized engine (FX int8, fbgemm/oneDNN)."""
+    return device.type == "cpu" and "x86" in torch.backends.quantized.supported_engines
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -18,15 +18,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
 from detector import run
+from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
 from detector.core.distributed import Shard
 from detector.core.locks import lock_output
 from detector.log_parts import list_parts, part_path
 from detector.outputs import read_log
-from tests.conftest import FAST, save_random_members
+from tests.conftest import CLASSES, FAST, TINY_WARP, save_random_members
 
 pytestmark = pytest.mark.slow
 
@@ -189,6 +191,43 @@ def test_shards_of_a_job_array_merge_into_the_whole_run(tmp_path, members, refer
     assert (out / "submission.txt").read_text() == (
         images.parent / "one" / "submission.txt"
     ).read_text()
+
+
+@pytest.fixture(scope="module")
+def confident_members(tmp_path_factory) -> list[str]:
+    """Random members with He-initialised convolutions: their outputs vary from crop to crop
+    (the default std-0.01 ones give every crop the same softmax, whatever the quantization)."""
+    folder = tmp_path_factory.mktemp("confident")
+    for i in range(2):
+        torch.manual_seed(i)
+        model = build_googlenet(len(CLASSES) + 1)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        meta = checkpoint_metadata(CLASSES, TINY_WARP, config_digest="test", member=i, seed=i)
+        save_checkpoint(folder / f"member_{i}.safetensors", model, meta)
+    return [str(p) for p in sorted(folder.glob("member_*.safetensors"))]
+
+
+def test_default_int8_calibrates_alike_in_every_share(tmp_path, confident_members, reference):
+    """precision auto is int8 for a run over a list (on this x86 CPU), calibrated on the
+    list's first images whatever share runs: the merged shares equal the whole run."""
+    images, _ = reference
+    members = confident_members
+    auto = ["inference.precision=auto", "inference.calibration_images=3"]
+    whole = tmp_path / "whole"
+    assert run.main([*argv(images, whole, members), *auto]) == 0
+    header, expected = log_records(whole)
+    assert header["header"]["settings"]["inference.precision"] == "int8"
+    out = tmp_path / "shares"
+    args = [*argv(images, out, members), *auto]
+    assert run.main([*args, "--shard", "1/2"]) == 0
+    assert run.main([*args, "--shard", "0/2"]) == 0
+    assert run.main([*args, "--resume"]) == 0
+    _, records = log_records(out)
+    for ours, theirs in zip(records, expected, strict=True):
+        ours["detections"].pop("timings"), theirs["detections"].pop("timings")
+        assert ours == theirs  # the same quantized members: bit for bit
 
 
 def test_overwrite_of_one_share_never_drops_the_whole_log(tmp_path, members, reference, capsys):
