@@ -145,8 +145,9 @@ def test_end_to_end_stages_account_for_the_wall_time(report):
 def test_levers_each_time_the_paper_configuration_with_their_settings(report):
     levers = report["end_to_end"]["levers"]
     rows = levers["rows"]
-    default = rows["current default"]
+    default = rows["current default (detector.run)"]
     assert default["overrides"] == [] and default["share_to_rest"] == 1.0
+    assert default["precision"] == "int8"  # a list of images at hand: calibrated int8
     for name, row in rows.items():
         assert row["s_per_image"] > 0 and row["setup_s"] > 0, name
         assert 0 <= row["share_to_rest"] <= 1 and 0 < row["fraction_of_peak"] < 2, name
@@ -158,7 +159,7 @@ def test_levers_each_time_the_paper_configuration_with_their_settings(report):
         scored, proposed = row["crops_scored_per_image"], row["proposals_per_image"]
         assert (scored <= proposed) if dedup else (scored == proposed), name
         assert "demo_val_map" not in row  # --quick: no eval.map runs
-    assert rows["int8 (torch FX)"]["precision"] == "int8"
+    assert rows["bf16 eager (the API's default)"]["precision"] == "bf16"
     assert rows["OpenVINO int8"]["backend"] == "openvino"
     for ref in ("matmul", "conv3x3"):
         assert set(levers[ref]) >= {"fp32", "bf16"} and min(levers[ref].values()) > 0
