@@ -383,6 +383,9 @@ def tune(cfg, args: argparse.Namespace) -> int:
             "eval.cascade tunes the softmax scorer: turn inference.box_regression off and "
             "use inference.scorer=softmax"
         )
+    if detector.scorer.needs_calibration:  # int8: calibrated as detect_many calibrates
+        paths = [p for p, _ in source.images if p is not None]
+        detector.calibrate(paths[: cfg.inference.calibration_images])
     thresholds = list(args.thresholds)
     num_members = len(detector.scorer)
     where = f"split {source.label}" if source.records is not None else str(args.images)
