@@ -467,20 +467,13 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
 
 
 def compare(ref_probs, probs, ref_dets, dets) -> dict:
-    from detector.core.boxes import box_iou
+    from eval.agreement import detections_kept
 
     diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_probs, probs, strict=True) if len(a))
     top1 = np.mean(
         np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(ref_probs, probs, strict=True)])
     )
-    matched = total = 0
-    for r, d in zip(ref_dets, dets, strict=True):
-        keep_r, keep_d = r.scores >= 0.1, d.scores >= 0.1
-        total += int(keep_r.sum())
-        if keep_r.any() and keep_d.any():
-            iou = box_iou(r.boxes[keep_r], d.boxes[keep_d])
-            same = r.labels[keep_r][:, None] == d.labels[keep_d][None, :]
-            matched += int(((iou >= 0.5) & same).any(axis=1).sum())
+    matched, total = detections_kept(ref_dets, dets, min_score=0.1, iou=0.5)
     return {
         "max_prob_diff": diff,
         "top1_agreement": float(top1),

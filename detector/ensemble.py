@@ -13,6 +13,12 @@ Example (``detector.build.load_ensemble`` does this from a config)::
     ens = Ensemble(members, warp=warp, device="cpu", precision="bf16", chunk_size=128,
                    compile=False, cascade_threshold=0.0, backend="torch")
     probs = ens.score(ens.regions(image, proposals.boxes))  # float32[N, K + 1]
+
+Tuning ``cascade_threshold`` (``python -m eval.cascade``): score once with every member, then
+any threshold's probabilities follow without running a CNN again::
+
+    first, mean = ens.score_first_and_mean(ens.regions(image, proposals.boxes))
+    probs = cascade_probs(first, mean, 0.05)  # what cascade_threshold=0.05 would give
 """
 
 from __future__ import annotations
@@ -202,15 +208,30 @@ class Ensemble:
         Returns:
             float32[N, C]: rows sum to 1; column 0 is the background.
         """
-        if isinstance(crops, Regions) and self.needs_calibration:
-            self.calibrate_on_images([(crops.image, crops.boxes)])
-        chunks = crops if isinstance(crops, Regions) else crops.split(self.chunk_size)
         out = np.empty((len(crops), self.num_outputs), dtype=np.float32)
         start = 0
-        for chunk in chunks:
-            out[start : start + len(chunk)] = self._score_chunk(chunk)
+        for chunk in self._chunks(crops):
+            out[start : start + len(chunk)] = self._score_chunk(chunk, self.cascade_threshold)[1]
             start += len(chunk)
         return out
+
+    def score_first_and_mean(self, crops: Regions | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Member 0's softmax and the full ensemble's mean softmax of the same crops, every
+        member scoring every crop whatever ``cascade_threshold`` is (what tuning the cascade
+        needs: :func:`cascade_probs` turns the pair into any threshold's probabilities).
+
+        Returns:
+            (float32[N, C] member 0's softmax, float32[N, C] the mean softmax).
+        """
+        n = len(crops)
+        first = np.empty((n, self.num_outputs), dtype=np.float32)
+        mean = np.empty((n, self.num_outputs), dtype=np.float32)
+        start = 0
+        for chunk in self._chunks(crops):
+            end = start + len(chunk)
+            first[start:end], mean[start:end] = self._score_chunk(chunk, 0.0)
+            start = end
+        return first, mean
 
     def score_image(
         self, image: np.ndarray, boxes: np.ndarray, timings: dict[str, float] | None = None
@@ -239,11 +260,8 @@ class Ensemble:
         """
         if not callable(getattr(self.members[0], "features", None)):
             raise TypeError("member 0 has no features(x): box regression and SVMs need one")
-        if isinstance(crops, Regions) and self.needs_calibration:
-            self.calibrate_on_images([(crops.image, crops.boxes)])
-        chunks = crops if isinstance(crops, Regions) else crops.split(self.chunk_size)
         probs, feats = [], []
-        for chunk in chunks:
+        for chunk in self._chunks(crops):
             p, f = self._score_chunk_features(chunk)
             probs.append(p)
             feats.append(f)
@@ -251,24 +269,37 @@ class Ensemble:
             return self._no_features()
         return np.concatenate(probs), np.concatenate(feats)
 
-    def _score_chunk(self, crops: torch.Tensor) -> np.ndarray:
-        """float32[n, C] mean softmax of one chunk (n <= chunk_size)."""
+    def _chunks(self, crops: Regions | torch.Tensor):
+        """The crops chunk by chunk; an uncalibrated int8 ensemble first calibrates on the
+        regions' image."""
+        if isinstance(crops, Regions) and self.needs_calibration:
+            self.calibrate_on_images([(crops.image, crops.boxes)])
+        return crops if isinstance(crops, Regions) else crops.split(self.chunk_size)
+
+    def _score_chunk(self, crops: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """float32[n, C] member 0's softmax and the (cascaded at ``threshold``) mean softmax
+        of one chunk (n <= chunk_size)."""
         n = len(crops)
         if n == 0:
-            return np.zeros((0, self.num_outputs), dtype=np.float32)
+            empty = np.zeros((0, self.num_outputs), dtype=np.float32)
+            return empty, empty.copy()
         x = self._input(crops)
         models = self._models()
         with torch.inference_mode(), self._autocast():
-            probs = self._mean_softmax(x, models, models[0](x).float().softmax(dim=1))
-        return probs[:n].cpu().numpy()
+            first = models[0](x).float().softmax(dim=1)
+            probs = self._mean_softmax(x, models, first, threshold)
+        return first[:n].cpu().numpy(), probs[:n].cpu().numpy()
 
-    def _mean_softmax(self, x: torch.Tensor, models: list[Member], first: torch.Tensor):
-        """The members' mean softmax on ``x``, given member 0's (``first``); with a cascade,
-        members 1.. see only the crops member 0 finds foreground enough."""
+    def _mean_softmax(
+        self, x: torch.Tensor, models: list[Member], first: torch.Tensor, threshold: float
+    ):
+        """The members' mean softmax on ``x``, given member 0's (``first``); with a cascade
+        (``threshold`` > 0), members 1.. see only the crops member 0 finds foreground enough
+        (:func:`cascade_probs` is the same rule on the full ensemble's probabilities)."""
         rest = models[1:]
         keep = None
-        if self.cascade_threshold > 0 and rest:
-            keep = (1 - first[:, 0]) >= self.cascade_threshold
+        if threshold > 0 and rest:
+            keep = (1 - first[:, 0]) >= threshold
             if bool(keep.all()):
                 keep = None  # every crop goes on: the plain path, no copies
         self.counts.add(len(first), len(first) if keep is None else int(keep.sum()))
@@ -298,7 +329,8 @@ class Ensemble:
             feats = first.features(x)
             # eager: member 0's logits from the same pass; compiled or int8: its own pass
             logits = first.fc(feats) if models[0] is first else models[0](x)
-            probs = self._mean_softmax(x, models, logits.float().softmax(dim=1))
+            first_probs = logits.float().softmax(dim=1)
+            probs = self._mean_softmax(x, models, first_probs, self.cascade_threshold)
         return probs[:n].cpu().numpy(), feats[:n].float().cpu().numpy()
 
     def _no_features(self) -> tuple[np.ndarray, np.ndarray]:
@@ -368,3 +400,24 @@ def _num_outputs(members: Sequence[nn.Module], input_size: int, device: torch.de
     if len(counts) != 1:
         raise ValueError(f"ensemble members disagree on the number of outputs: {sorted(counts)}")
     return counts.pop()
+
+
+def cascade_reaches(first: np.ndarray, threshold: float) -> np.ndarray:
+    """bool[N]: the crops a cascade at ``threshold`` sends on to members 1..N-1, from member
+    0's softmax ``first`` (float32[N, C], column 0 the background): foreground probability
+    1 - p_background >= ``threshold``, compared in float32 as :class:`Ensemble` does; every
+    crop at 0 (the cascade off)."""
+    if threshold <= 0:
+        return np.ones(len(first), dtype=bool)
+    return (np.float32(1) - first[:, 0].astype(np.float32)) >= np.float32(threshold)
+
+
+def cascade_probs(first: np.ndarray, mean: np.ndarray, threshold: float) -> np.ndarray:
+    """The probabilities an ``Ensemble(cascade_threshold=threshold)`` gives, from member 0's
+    softmax and the full ensemble's mean softmax of the same crops
+    (:meth:`Ensemble.score_first_and_mean`): the mean where the crop reaches members 1..,
+    member 0's own elsewhere (float32[N, C])."""
+    reach = cascade_reaches(first, threshold)
+    if reach.all():
+        return mean
+    return np.where(reach[:, None], mean, first).astype(np.float32, copy=False)

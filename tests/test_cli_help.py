@@ -27,6 +27,7 @@ LIGHT = [  # (module, arguments before --help)
     ("detector.run", []),
     ("eval.map", []),
     ("eval.recall", []),
+    ("eval.cascade", []),
     ("detector.demo", []),
     ("detector.train", []),
     ("proposals.multibox", ["train"]),

@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "detector.demo",
             "eval.map",
             "eval.recall",
+            "eval.cascade",
             "proposals.multibox.__main__",
             "proposals.precompute",
             "detector.datasets.__main__",
