@@ -96,9 +96,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(get_args_parser(), argv)
-    from benchmarks import sections  # torch and the detector: after parsing, --help is fast
+    from benchmarks import report  # torch and the detector: after parsing, --help is fast
 
-    return sections.run(args, PHOTOS)
+    return report.run(args, PHOTOS)
 
 
 if __name__ == "__main__":

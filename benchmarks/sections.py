@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import multiprocessing
-import os
-import platform
 import queue as queue_module
 import resource
 import time
@@ -23,7 +20,6 @@ import torch
 from benchmarks.roofline import crop_gflop, matmul_peaks
 from detector.build import nms_settings, warp_settings
 from detector.classifier import build_googlenet
-from detector.core.atomic import atomic_write_text
 from detector.core.config import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,7 +29,7 @@ from detector.core.config import (
     MultiBoxConfig,
 )
 from detector.core.devices import cpu_supports_bf16
-from detector.core.runtime import available_cores, tune_allocator
+from detector.core.runtime import available_cores
 from detector.ensemble import Ensemble
 from detector.warp import WarpSettings, warp_regions
 from proposals.selective_search import DOUBLED, selective_search
@@ -284,14 +280,6 @@ def paper_detector(args: argparse.Namespace, scorer: Ensemble, dedup_iou: float)
     )
 
 
-def bench_end_to_end(photos: list[np.ndarray], args: argparse.Namespace) -> dict:
-    """The default path by stage, serial and pipelined; then every speed lever side by side
-    (``benchmarks.levers``)."""
-    from benchmarks.levers import bench_levers
-
-    return {"default": end_to_end(photos, args, "auto"), "levers": bench_levers(photos, args)}
-
-
 def same_detections(a, b) -> bool:
     """Two ``Detections`` of one image agree: proposals, classes, boxes and scores."""
     return (
@@ -482,62 +470,3 @@ def compare(ref_probs, probs, ref_dets, dets) -> dict:
 
 
 # ---- main ------------------------------------------------------------------------------------
-
-
-def apply_quick(args: argparse.Namespace) -> None:
-    args.crops, args.chunk, args.members, args.size, args.repeats = 16, 8, 2, 64, 1
-    args.lever_map = False
-    args.compile, args.photos, args.memory_boxes, args.accuracy_images = False, 1, [16, 64], 2
-    args.peak_size, args.search_width, args.multibox_top_k = 256, 80, 20
-
-
-def environment() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "bf16": cpu_supports_bf16(),
-        "cuda": torch.cuda.is_available(),
-        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def run(args: argparse.Namespace, photo_names: tuple[str, ...]) -> int:
-    """Every section ``args.sections`` names, printed and written to ``args.output``."""
-    allocator_tuned = tune_allocator()
-    if args.quick:
-        apply_quick(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment() | {"allocator_tuned": allocator_tuned}
-    print(f"torch {env['torch']}, {env['cpu_threads']} threads, bf16 {env['bf16']}, "
-          f"glibc allocator tuned (mallopt: no mmap, no trim): {allocator_tuned}")  # fmt: skip
-    sections = set(args.sections.split(","))
-    photos = load_photos(photo_names[: max(args.photos, 1)])
-    if args.quick:
-        photos = [p[::4, ::4].copy() for p in photos]
-    report: dict = {"environment": env, "settings": dict(vars(args))}
-    if "scoring" in sections:
-        crops = real_crops(photos, args.crops, args.size, search_settings(args))
-        report["scoring"] = bench_scoring(crops, args)
-        print_scoring(report["scoring"])
-    if "selective_search" in sections:
-        report["selective_search"] = bench_selective_search(photos, search_settings(args))
-    if "end_to_end" in sections:
-        report["end_to_end"] = bench_end_to_end(photos, args)
-    if "load" in sections:
-        from benchmarks.load import bench_load
-
-        crops = real_crops(photos, args.crops, args.size, search_settings(args))
-        report["load"] = bench_load(crops, args)
-    if "memory" in sections:
-        report["memory"] = bench_memory(args)
-    if "accuracy" in sections:
-        report["accuracy"] = skipped_accuracy("--quick") if args.quick else bench_accuracy(args)
-    report["peak_rss_mb"] = peak_rss_mb()
-    print(f"\npeak resident memory of this process: {report['peak_rss_mb']:.0f} MB")
-    out = Path(args.output)
-    atomic_write_text(out, json.dumps(report, indent=1, default=float))
-    print(f"figures written to {out}")
-    return 0

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "detector.warp",
             "detector.classifier",
             "detector.ensemble",
+            "detector.openvino_members",
             "detector.nms",
             "detector.heads",
             "detector.detector",
