@@ -46,21 +46,22 @@ class Lever:
     overrides: tuple[str, ...]
 
 
-def default_levers(cascade: float, dedup: float) -> list[Lever]:
+def default_levers(cascades: list[float], dedup: float) -> list[Lever]:
     """The previous default (bf16), the current one (``detector.run``: int8), OpenVINO, the
-    cascade and near-duplicate crops on the current default, and the combinations."""
-    cascade_on = f"inference.cascade_threshold={cascade}"
+    cascade at each of ``cascades`` and near-duplicate crops on the current default, and the
+    combinations (with the largest cascade threshold)."""
+    cascade_on = f"inference.cascade_threshold={max(cascades)}"
     dedup_on = f"inference.dedup_iou={dedup}"
-    openvino = "inference.backend=openvino"
+    openvino = ("inference.backend=openvino", "inference.precision=int8")
     return [
         Lever(BASELINE, ("inference.precision=bf16",)),
         Lever(DEFAULT, ()),
-        Lever("OpenVINO bf16", (openvino, "inference.precision=bf16")),
-        Lever("OpenVINO int8", (openvino, "inference.precision=int8")),
-        Lever(f"cascade {cascade}", (cascade_on,)),
+        Lever("OpenVINO bf16", ("inference.backend=openvino", "inference.precision=bf16")),
+        Lever("OpenVINO int8", openvino),
+        *(Lever(f"cascade {t}", (f"inference.cascade_threshold={t}",)) for t in cascades),
         Lever(f"dedup {dedup}", (dedup_on,)),
-        Lever("cascade + dedup", (cascade_on, dedup_on)),
-        Lever("OpenVINO int8 + cascade + dedup", (openvino, "inference.precision=int8", cascade_on, dedup_on)),
+        Lever(f"cascade {max(cascades)} + dedup", (cascade_on, dedup_on)),
+        Lever(f"OpenVINO int8 + cascade {max(cascades)} + dedup", (*openvino, cascade_on, dedup_on)),
     ]  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from detector.core.config import DefaultsHelpFormatter, MultiBoxConfig, parse_ar
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # skimage.data photographs
 # The levers' settings when they are on (docs/BENCHMARKS.md: measured on demo val).
-CASCADE_THRESHOLD = 0.05
+CASCADE_THRESHOLDS = [0.02, 0.1]  # keeps 99% of the detections / keeps the mAP (eval.cascade)
 DEDUP_IOU = 0.95
 
 
@@ -83,8 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="selective search resize width (0 = the paper's 500)")  # fmt: skip
     p.add_argument("--multibox-top-k", type=int, default=MultiBoxConfig().top_k,
                    help="MultiBox boxes added to selective search's end to end (the paper's: %(default)s)")  # fmt: skip
-    p.add_argument("--cascade", type=float, default=CASCADE_THRESHOLD,
-                   help="inference.cascade_threshold of the cascade levers")  # fmt: skip
+    p.add_argument("--cascade", type=float, nargs="+", default=CASCADE_THRESHOLDS,
+                   help="inference.cascade_threshold of the cascade levers (the largest in the combinations)")  # fmt: skip
     p.add_argument("--dedup", type=float, default=DEDUP_IOU,
                    help="inference.dedup_iou of the near-duplicate levers")  # fmt: skip
     p.add_argument("--lever-map", action=argparse.BooleanOptionalAction, default=True,
