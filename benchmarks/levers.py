@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.roofline import conv3x3_peaks, crop_gflop, matmul_peaks
+from benchmarks.roofline import crop_gflop, reference_peaks
 from detector.core.config import Config, apply_override
 from detector.core.devices import resolve_precision
 from detector.ensemble import CropCounts
@@ -165,18 +165,10 @@ def demo_map(lever: Lever, workdir: Path) -> float | None:
     return float(json.loads(report.read_text())["mAP"])
 
 
-def reference_peaks(model: torch.nn.Module, args: argparse.Namespace) -> dict:
-    """Per format, the larger of the two references (matrix product, best own 3x3 conv)."""
-    matmul = matmul_peaks(args.peak_size)
-    conv = conv3x3_peaks(model, args.size)
-    best = {k: max(matmul.get(k, 0.0), conv.get(k, 0.0)) for k in set(matmul) | set(conv)}
-    return {"matmul": matmul, "conv3x3": conv, "peak": best}
-
-
 def bench_levers(photos: list[np.ndarray], args: argparse.Namespace) -> dict:
     members, source = paper_members(args.members)
     gflop = crop_gflop(members[0], args.size)
-    refs = reference_peaks(members[0], args)
+    refs = reference_peaks(members[0], args.size, args.peak_size)
     levers = default_levers(args.cascade, args.dedup)
     rows = {}
     for lever in levers:

@@ -87,6 +87,15 @@ def conv3x3_peaks(model: torch.nn.Module, size: int, batch: int = 32, repeats: i
     return best
 
 
+def reference_peaks(model: torch.nn.Module, size: int, matmul_n: int = 2048) -> dict:
+    """Both references and, per format, the larger of them: the peak the scoring paths are
+    measured against (``{"matmul": ..., "conv3x3": ..., "peak": ...}``, GFLOP/s)."""
+    matmul = matmul_peaks(matmul_n)
+    conv = conv3x3_peaks(model, size)
+    best = {k: max(matmul.get(k, 0.0), conv.get(k, 0.0)) for k in set(matmul) | set(conv)}
+    return {"matmul": matmul, "conv3x3": conv, "peak": best}
+
+
 def _conv3x3_inputs(model: torch.nn.Module, size: int) -> list[tuple[torch.nn.Conv2d, tuple]]:
     """(conv, its input shape at batch 1) for every 3 x 3 convolution of ``model``."""
     found: list[tuple[torch.nn.Conv2d, tuple]] = []

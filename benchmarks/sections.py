@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.roofline import crop_gflop, matmul_peaks
+from benchmarks.roofline import crop_gflop, reference_peaks
 from detector.build import nms_settings, warp_settings
 from detector.classifier import build_googlenet
 from detector.core.config import (
@@ -134,7 +134,8 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
             rows[name + " (setup s)"] = setup
     base = rows["eager fp32 NCHW (torchvision)"]
     gflop = crop_gflop(member, crops.shape[-1])
-    peaks = matmul_peaks(args.peak_size)
+    refs = reference_peaks(member, crops.shape[-1], args.peak_size)
+    peaks = refs["peak"]
     formats = {name: precision for name, precision, _ in settings}
     per_model = {}
     for k, v in rows.items():
@@ -152,7 +153,9 @@ def bench_scoring(crops: torch.Tensor, args: argparse.Namespace) -> dict:
         "ensemble": ensemble,
         "crops": n,
         "gflop_per_crop": gflop,
-        "matmul_peak_gflop_per_s": peaks,
+        "matmul_peak_gflop_per_s": refs["matmul"],
+        "conv3x3_peak_gflop_per_s": refs["conv3x3"],
+        "peak_gflop_per_s": peaks,
     }
 
 
@@ -176,9 +179,11 @@ def bench_ensemble(crops: torch.Tensor, args: argparse.Namespace) -> tuple[dict,
 def print_scoring(res: dict) -> None:
     print(f"\n== region scoring: one GoogLeNet ({res['gflop_per_crop']:.2f} GFLOP a crop), "
           f"{res['crops']} crops of real photos ==")  # fmt: skip
-    peaks = res["matmul_peak_gflop_per_s"]
-    print("matrix-multiply peak of this machine, GFLOP/s: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))  # fmt: skip
+    for ref, label in (("matmul", "matrix-multiply peak"), ("conv3x3", "best own 3x3 convolution")):
+        peaks = res[f"{ref}_peak_gflop_per_s"]
+        print(f"{label} of this machine, GFLOP/s: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())))  # fmt: skip
+    print("of peak: against the larger of the two in the path's number format")
     print(f"{'path':<34}{'crops/s':>10}{'x eager fp32':>14}{'GFLOP/s':>10}{'of peak':>9}")
     for name, row in res["per_model"].items():
         frac = row["fraction_of_peak"]

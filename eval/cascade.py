@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     from detector.build import ModelSetupError
     from detector.core.io import ImageListError
     from detector.core.runtime import tune_allocator
-    from detector.resolve import DETECT, Needs, ResolveError, resolve_config
+    from detector.resolve import EVAL_RUN, RUN_LIST, ResolveError, resolve_config
 
     tune_allocator()
     try:
         if not 0 <= args.keep <= 1:
             raise InputError(f"--keep must be in [0, 1], got {args.keep}")
         cfg = load_config(args.config, args.overrides)
-        needs = DETECT if args.images is None else Needs(data=False)
+        needs = EVAL_RUN if args.images is None else RUN_LIST  # a list: auto may be int8
         data_root = args.data_root if args.images is None else None
         cfg = resolve_config(cfg, data_root=data_root, device=args.device, needs=needs)
         return tune(cfg, args)

@@ -102,6 +102,9 @@ def test_scoring_measured_every_path(report):
     # FlopCounterMode on GoogLeNet at S = 64: about (64 / 224)^2 of its 3.0 GFLOP at 224
     assert s["gflop_per_crop"] == pytest.approx(GOOGLENET_GFLOP_224 * (64 / 224) ** 2, rel=0.2)
     assert {"fp32", "bf16"} <= set(s["matmul_peak_gflop_per_s"])
+    assert {"fp32", "bf16"} <= set(s["conv3x3_peak_gflop_per_s"])
+    for fmt, matmul in s["matmul_peak_gflop_per_s"].items():  # "of peak": the larger reference
+        assert s["peak_gflop_per_s"][fmt] == max(matmul, s["conv3x3_peak_gflop_per_s"].get(fmt, 0))
     for row in s["per_model"].values():
         assert row["crops_per_s"] > 0 and row["gflop_per_s"] > 0 and row["fraction_of_peak"] > 0
     assert "int8 FX x86 channels_last" in s["setup_seconds"]  # quantizing takes over a second
