@@ -15,9 +15,10 @@ Sections (each prints a table; all figures go to the JSON file):
 3. end to end: the paper configuration (doubled selective search + 200 MultiBox boxes,
    six members at 224, 16 px context) on real photographs, seconds per image by stage (load,
    propose, warp, score = the CNNs alone, nms), serial and pipelined (proposals of the next
-   images computed while one is scored), and whether both gave the same detections; then
-   every speed lever (int8, OpenVINO, cascade, near-duplicates) alone and combined beside
-   the current default, with demo val mAP of each (``benchmarks.levers``).
+   images computed while one is scored), and whether both gave the same detections.
+   levers: every speed lever (int8, OpenVINO, the cascade, near-duplicates) alone and
+   combined beside the current default, with demo val mAP of each (``benchmarks.levers``;
+   its figures go under end_to_end in the JSON).
 4. load: crops/s of each scoring path (torch bf16/int8, OpenVINO bf16/int8) with 1 thread and
    with every core, idle and beside competing processes (``benchmarks.load``).
 5. memory: peak resident memory when scoring few and many proposals (a fresh process each).
@@ -38,7 +39,10 @@ from detector.core.config import DefaultsHelpFormatter, MultiBoxConfig, parse_ar
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # skimage.data photographs
 # The levers' settings when they are on (docs/BENCHMARKS.md: measured on demo val).
-CASCADE_THRESHOLDS = [0.02, 0.1]  # keeps 99% of the detections / keeps the mAP (eval.cascade)
+CASCADE_THRESHOLDS = [
+    0.02,
+    0.1,
+]  # eval.cascade on demo val: keeps 99% of the detections / the default
 DEDUP_IOU = 0.95
 
 
@@ -52,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes: checks that the benchmark runs"
     )
-    p.add_argument("--sections", default="scoring,selective_search,end_to_end,load,memory,accuracy",
+    p.add_argument("--sections", default="scoring,selective_search,end_to_end,levers,load,memory,accuracy",
                    help="comma-separated sections to run")  # fmt: skip
     p.add_argument("--crops", type=int, default=256, help="crops scored per measurement")
     p.add_argument("--chunk", type=int, default=64, help="crops per forward pass")

@@ -38,7 +38,15 @@ NUM_OUTPUTS = 201  # 200 ILSVRC classes + background
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MB: Linux's VmHWM of this address
+    space (``ru_maxrss`` survives exec, so a spawned child would report its parent's peak
+    at the fork), else ``ru_maxrss`` (KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

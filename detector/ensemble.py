@@ -108,8 +108,9 @@ class Ensemble:
             raise ValueError(f"cascade_threshold must be in [0, 1], got {cascade_threshold}")
         if cascade_threshold > 0 and compile:
             raise ValueError(
-                "inference.cascade_threshold needs inference.compile=false: the crops that "
-                "reach members 1.. vary in number, a compiled member takes one fixed shape"
+                "inference.compile=true needs inference.cascade_threshold=0 (or keep the cascade "
+                "with compile=false): the crops that reach members 1.. vary in number, a "
+                "compiled member takes one fixed shape"
             )
         self.cascade_threshold = float(cascade_threshold)
         self.backend = check_backend(backend)

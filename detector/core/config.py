@@ -132,7 +132,7 @@ class InferenceConfig:
     precision: str = "auto"  # auto (detector.run, eval.map: int8 on CPUs with int8 kernels, calibrated on the list's first calibration_images images; otherwise bf16 where the CPU/GPU supports it, else fp32) | fp32 | bf16 | int8
     compile: bool = False  # torch.compile the members (one fixed chunk shape)
     backend: str = "torch"  # torch | openvino (the [openvino] extra: members converted to OpenVINO IR once, cached by weight digest; CPU; fp32, bf16 or int8)
-    cascade_threshold: float = 0.0  # members 1.. score only crops whose member-0 foreground probability (1 - p_background) is >= this; the rest keep member 0's; 0 = off (the paper)
+    cascade_threshold: float = 0.1  # members 1.. score only crops whose member-0 foreground probability (1 - p_background) is >= this; the rest keep member 0's; 0 = off (the paper); tune with python -m eval.cascade
     dedup_iou: float = 0.0  # proposals whose context boxes overlap at IoU >= this share one representative crop's scores; 0 = off (the paper)
     chunk_size: int = 128  # crops scored per forward pass (bounds memory)
     nms_iou: float = 0.3  # per-class greedy NMS (R-CNN)

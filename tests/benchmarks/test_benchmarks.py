@@ -29,7 +29,14 @@ from detector.core.config import Config
 from detector.core.devices import cpu_supports_bf16
 from detector.core.runtime import available_cores
 
-SECTIONS = ("scoring", "selective_search", "end_to_end", "load", "memory", "accuracy")
+SECTIONS = (
+    "scoring",
+    "selective_search",
+    "end_to_end",
+    "load",
+    "memory",
+    "accuracy",
+)  # levers: in end_to_end
 STAGES = {"load", "propose", "warp", "score", "nms"}
 GOOGLENET_GFLOP_224 = 3.0  # 1.5 G multiply-adds a 224 x 224 crop
 
@@ -149,20 +156,19 @@ def test_levers_each_time_the_paper_configuration_with_their_settings(report):
     levers = report["end_to_end"]["levers"]
     rows = levers["rows"]
     default = rows["current default (detector.run)"]
-    assert default["overrides"] == [] and default["share_to_rest"] == 1.0
-    assert default["precision"] == "int8"  # a list of images at hand: calibrated int8
+    assert default["overrides"] == [] and default["precision"] == "int8"  # a list at hand
+    baseline = rows["bf16, every member on every crop"]
+    assert baseline["precision"] == "bf16" and baseline["share_to_rest"] == 1.0
     for name, row in rows.items():
         assert row["s_per_image"] > 0 and row["setup_s"] > 0, name
         assert 0 <= row["share_to_rest"] <= 1 and 0 < row["fraction_of_peak"] < 2, name
-        cascade = any("cascade_threshold" in o for o in row["overrides"])
-        dedup = any("dedup_iou" in o for o in row["overrides"])
-        if not cascade:
+        if "inference.cascade_threshold=0" in row["overrides"]:
             assert row["share_to_rest"] == 1.0, name  # every crop reached members 1..
         # dedup scores at most as many crops as there are proposals; the others all of them
+        dedup = any("dedup_iou" in o for o in row["overrides"])
         scored, proposed = row["crops_scored_per_image"], row["proposals_per_image"]
         assert (scored <= proposed) if dedup else (scored == proposed), name
         assert "demo_val_map" not in row  # --quick: no eval.map runs
-    assert rows["bf16 eager (the API's default)"]["precision"] == "bf16"
     assert rows["OpenVINO int8"]["backend"] == "openvino"
     for ref in ("matmul", "conv3x3"):
         assert set(levers[ref]) >= {"fp32", "bf16"} and min(levers[ref].values()) > 0

@@ -158,7 +158,8 @@ def test_load_ensemble_takes_the_warp_from_the_checkpoints(tmp_path, members) ->
     cfg.inference.precision, cfg.inference.chunk_size = "fp32", 16
     ens, meta = load_ensemble(cfg.model, cfg.inference, "cpu")
     assert ens.warp == WARP and len(ens) == 2 and meta["num_outputs"] == C
-    expected = make(members).score(CROPS)
+    assert ens.cascade_threshold == cfg.inference.cascade_threshold and ens.backend == "torch"
+    expected = make(members, cascade=cfg.inference.cascade_threshold).score(CROPS)
     np.testing.assert_allclose(ens.score_image(IMAGE, _boxes(40)), expected, atol=1e-5)
 
 
