@@ -443,6 +443,7 @@ def bench_accuracy(args: argparse.Namespace) -> dict:
     paths = paths[: args.accuracy_images]
     out = {}
     cfg.inference.precision = "fp32"
+    cfg.inference.cascade_threshold = 0.0  # number formats compared, every member on every crop
     det = Detector.from_config(cfg)
     images = [load_image(p, cfg.data.max_pixels) for p in paths]
     proposals = [det.proposer(im) for im in images]

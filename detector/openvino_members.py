@@ -95,7 +95,8 @@ def quantized_members(
 
 def member_digest(model: nn.Module, size: int, crops: torch.Tensor | None) -> str:
     """SHA-256 of the weights (names, dtypes, shapes, bytes), the crop size, the OpenVINO and
-    NNCF versions and, for int8, the calibration crops: the cache key of a converted member."""
+    NNCF versions and, for int8, the calibration recipe and crops: the cache key of a
+    converted member."""
     import openvino
 
     h = hashlib.sha256(f"size={size};openvino={openvino.__version__}".encode())
@@ -106,7 +107,8 @@ def member_digest(model: nn.Module, size: int, crops: torch.Tensor | None) -> st
     if crops is not None:
         import nncf
 
-        h.update(f"nncf={nncf.__version__};crops={tuple(crops.shape)}".encode())
+        recipe = f"nncf={nncf.__version__};batch={CALIBRATION_BATCH};crops={tuple(crops.shape)}"
+        h.update(recipe.encode())  # a changed recipe must not read an older IR back
         h.update(crops.float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
