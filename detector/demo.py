@@ -125,7 +125,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(get_args_parser(), argv)
     from detector.core.runtime import tune_allocator
-    from detector.resolve import ResolveError, is_demo, resolve_config
+    from detector.resolve import EVAL_RUN, ResolveError, is_demo, resolve_config
 
     tune_allocator()
     try:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ResolveError("the config has data.root set; the demo uses data.root=''")
         t0 = time.perf_counter()
         build_models(cfg, rebuild=args.rebuild)
-        resolved = resolve_config(cfg)
+        resolved = resolve_config(cfg, needs=EVAL_RUN)  # detects on a list: auto may be int8
     except (ResolveError, ValueError) as e:
         print(f"detector.demo: error: {one_line(e)}", file=sys.stderr)
         return 2
