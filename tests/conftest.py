@@ -43,6 +43,24 @@ def save_random_members(
     return paths
 
 
+def calibrated_member(seed: int, num_outputs: int, crops: torch.Tensor) -> torch.nn.Module:
+    """A random GoogLeNet whose batch-norm statistics are those of ``crops`` (real warped
+    crops) and whose logits spread by about 2: a freshly initialised one in eval mode gives
+    every crop the same output, which would make any comparison vacuous."""
+    torch.manual_seed(seed)
+    model = build_googlenet(num_outputs)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: statistics of exactly these crops
+    model.train()
+    with torch.no_grad():
+        model(crops[:32])
+    model.eval()
+    with torch.no_grad():
+        model.fc.weight *= 2.0 / model(crops).std()
+    return model
+
+
 def fast_config(models: Path | list, *extra: str) -> Config:
     """The demo config with the random members of ``models`` (a folder or a list of files)
     and the FAST settings; not resolved."""

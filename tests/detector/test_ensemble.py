@@ -15,12 +15,13 @@ import torch
 from skimage import data
 
 from detector.build import load_ensemble
-from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
+from detector.classifier import checkpoint_metadata, save_checkpoint
 from detector.core.config import Config
 from detector.core.devices import resolve_precision
 from detector.core.structures import ClassList
 from detector.ensemble import Ensemble
 from detector.warp import WarpSettings, warp_regions
+from tests.conftest import calibrated_member
 
 torch.set_num_threads(1)
 S, P, C = 64, 8, 5
@@ -59,18 +60,7 @@ CROPS = warp_regions(IMAGE, _boxes(40), WARP)
 
 
 def _member(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_googlenet(C)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average: statistics of exactly these crops
-    model.train()
-    with torch.no_grad():
-        model(CROPS[:32])
-    model.eval()
-    with torch.no_grad():
-        model.fc.weight *= 2.0 / model(CROPS).std()
-    return model
+    return calibrated_member(seed, C, CROPS)
 
 
 @pytest.fixture(scope="module")

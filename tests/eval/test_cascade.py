@@ -16,14 +16,14 @@ import torch
 from skimage import data
 
 from detector.build import load_ensemble
-from detector.classifier import build_googlenet, checkpoint_metadata, save_checkpoint
+from detector.classifier import checkpoint_metadata, save_checkpoint
 from detector.core.config import Config
 from detector.core.structures import ClassList, Detections
 from detector.ensemble import cascade_probs, cascade_reaches
 from detector.warp import WarpSettings, warp_regions
 from eval import cascade
 from eval.agreement import detections_kept
-from tests.conftest import fast_config
+from tests.conftest import calibrated_member, fast_config
 
 S, P = 64, 8
 WARP = WarpSettings(size=S, context_pad=P, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -37,21 +37,6 @@ def _boxes(n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([xy, xy + rng.uniform(20, 200, (n, 2))], 1).astype(np.float32)
 
 
-def _member(seed: int, crops: torch.Tensor) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_googlenet(len(CLASSES) + 1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average: statistics of exactly these crops
-    model.train()
-    with torch.no_grad():
-        model(crops[:32])
-    model.eval()
-    with torch.no_grad():
-        model.fc.weight *= 2.0 / model(crops).std()
-    return model
-
-
 @pytest.fixture(scope="module")
 def members_dir(tmp_path_factory):
     """Three calibrated members saved as checkpoints (their warp in the metadata)."""
@@ -60,7 +45,9 @@ def members_dir(tmp_path_factory):
     crops = warp_regions(IMAGE, _boxes(48), WARP)
     for i in range(3):
         meta = checkpoint_metadata(CLASSES, WARP, config_digest="t", member=i, seed=i)
-        save_checkpoint(folder / f"member_{i}.safetensors", _member(i, crops), meta)
+        save_checkpoint(
+            folder / f"member_{i}.safetensors", calibrated_member(i, len(CLASSES) + 1, crops), meta
+        )
     return folder
 
 
